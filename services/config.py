@@ -1,0 +1,299 @@
+"""The appliance's settings: every environment variable, typed, read in one place.
+
+Each `Setting` names its variable (plus the aliases the user's documents use), how to
+parse it, and two defaults: `local` for a laptop/CI run from a checkout (everything under
+`.data/` in the checkout, loopback, base64 output) and `image` for the container
+(`APPLIANCE_PROFILE=image`, set by docker/Dockerfile; the seeds' `/workspace` defaults).
+A default may be a callable of the settings parsed so far, so derived paths follow the
+variables they derive from. `python -m services settings --markdown` prints README's table
+from this registry, so the documentation cannot drift from the code.
+
+A wrong value raises `SettingsError` with one line naming the variable; entrypoints turn
+that into a one-line message and exit status 2 (see `load_or_exit`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("local", "image")
+
+
+class SettingsError(ValueError):
+    """A variable holds a value the appliance cannot use."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(raw: str) -> bool:
+    # Strict on purpose (supervisor's datatypes.boolean): "maybe" must not silently mean False.
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def parse_port(raw: str) -> int:
+    port = parse_int(raw)
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a TCP port between 1 and 65535")
+    return port
+
+
+def parse_seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if value < 0:
+        raise ValueError("expected a number of seconds >= 0")
+    return value
+
+
+def parse_path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("expected a path")
+    return Path(raw.strip()).expanduser()
+
+
+def parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.split() if part)
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return value
+
+    parse.__doc__ = " | ".join(options)
+    return parse
+
+
+Default = Any  # a value, or a callable taking the partly built values dict
+
+
+@dataclass(frozen=True)
+class Setting:
+    attr: str
+    env: tuple[str, ...]  # first name is canonical, the rest are accepted aliases
+    parse: Callable[[str], Any]
+    local: Default
+    image: Default
+    doc: str
+    secret: bool = False
+    group: str = "general"
+
+    def default(self, profile: str, values: Mapping[str, Any]) -> Any:
+        chosen = self.local if profile == "local" else self.image
+        return chosen(values) if callable(chosen) else chosen
+
+
+def _under(base_attr: str, *parts: str) -> Callable[[Mapping[str, Any]], Path]:
+    def default(values: Mapping[str, Any]) -> Path:
+        return Path(values[base_attr], *parts)
+
+    default.label = "/".join((f"${base_attr.upper()}",) + parts)  # type: ignore[attr-defined]
+    return default
+
+
+def _same(attr: str) -> Callable[[Mapping[str, Any]], Any]:
+    def default(values: Mapping[str, Any]) -> Any:
+        return values[attr]
+
+    default.label = f"${attr.upper()}"  # type: ignore[attr-defined]
+    return default
+
+
+# Order matters: a derived default may only read settings listed above it.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("profile", ("APPLIANCE_PROFILE",), choice(*PROFILES), "local", "image",
+            "Which column of defaults applies: `local` (a checkout) or `image` (the container; set by docker/Dockerfile)."),
+    Setting("launch_mode", ("LAUNCH_MODE",), choice("api", "serverless", "cli"), "serverless", "serverless",
+            "`api`: Pod mode under supervisord; `serverless`: the RunPod handler; `cli`: the command line runner.", group="modes"),
+    Setting("runpod_serverless", ("RUNPOD_SERVERLESS",), parse_bool, False, False,
+            "`1` forces serverless mode whatever `LAUNCH_MODE` says.", group="modes"),
+    Setting("data_root", ("DATA_ROOT",), parse_path, REPO_ROOT / ".data", Path("/workspace"),
+            "Root of everything the appliance writes (on a Pod: the volume, e.g. `/runpod-volume`).", group="paths"),
+    Setting("comfy_home", ("COMFY_HOME",), parse_path, _under("data_root", "ComfyUI"), _under("data_root", "ComfyUI"),
+            "Root of the ComfyUI environment to run (`main.py` inside). Pins no version by itself.", group="paths"),
+    Setting("comfy_cache_root", ("COMFY_CACHE_ROOT",), parse_path, _same("data_root"), _same("data_root"),
+            "Root of the shared, verified model cache; models live in `COMFY_CACHE_ROOT/models/<type>/`.", group="paths"),
+    Setting("models_dir", ("MODELS_DIR", "COMFYUI_MODEL_DIR"), parse_path,
+            _under("comfy_cache_root", "models"), _under("comfy_cache_root", "models"),
+            "Model folder ComfyUI reads and `/download` fills (`COMFYUI_MODEL_DIR` is accepted too). "
+            "By default it is the cache's own `models/` folder, so there is one copy of each model.", group="paths"),
+    Setting("versions_dir", ("VERSIONS_DIR",), parse_path, REPO_ROOT / "versions", REPO_ROOT / "versions",
+            "Folder of version specs `<id>.json`.", group="paths"),
+    Setting("comfy_io_dir", ("COMFY_IO_DIR",), parse_path, _under("data_root", "comfy"), _under("data_root", "comfy"),
+            "ComfyUI's `input/`, `output/`, `temp/` and `user/` folders, shared by every version.", group="paths"),
+    Setting("run_dir", ("RUN_DIR",), parse_path, _under("data_root", "run"), _under("data_root", "run"),
+            "Sockets, pid files and generated config (extra_model_paths.yaml).", group="paths"),
+    Setting("log_dir", ("LOG_DIR",), parse_path, _under("data_root", "logs"), _under("data_root", "logs"),
+            "Rotated log files of every program.", group="paths"),
+    Setting("comfy_python", ("COMFY_PYTHON",), parse_path, Path(sys.executable), Path(sys.executable),
+            "Interpreter that runs ComfyUI's `main.py` (locally ComfyUI usually has its own virtualenv).", group="comfy"),
+    Setting("comfy_host", ("COMFY_HOST",), parse_str, "127.0.0.1", "127.0.0.1",
+            "Address ComfyUI listens on. Keep it loopback: ComfyUI has no authentication.", group="comfy"),
+    Setting("comfy_port", ("COMFY_PORT",), parse_port, 8188, 8188, "Port ComfyUI listens on.", group="comfy"),
+    Setting("comfy_url", ("COMFY_URL",), parse_str, "", "",
+            "Use an already running ComfyUI at this URL instead of starting one (CLI and tests).", group="comfy"),
+    Setting("comfy_extra_args", ("COMFY_EXTRA_ARGS",), parse_list, (), (),
+            "Extra command-line arguments for ComfyUI, space separated (e.g. `--cpu`).", group="comfy"),
+    Setting("comfy_start_timeout", ("COMFY_START_TIMEOUT",), parse_seconds, 600.0, 600.0,
+            "Seconds to wait for ComfyUI to answer after start (the wait ends at once if it exits).", group="comfy"),
+    Setting("job_timeout", ("JOB_TIMEOUT",), parse_seconds, 3600.0, 3600.0,
+            "Seconds one job may run in ComfyUI before it is interrupted and fails with `job_timeout`.", group="jobs"),
+    Setting("default_version_id", ("DEFAULT_VERSION_ID",), parse_str, "", "",
+            "Version used by jobs that name none; empty means `version_id` is required.", group="jobs"),
+    Setting("workflow_url_max_bytes", ("WORKFLOW_URL_MAX_BYTES",), parse_int, 10 * 2**20, 10 * 2**20,
+            "Largest workflow accepted from `workflow_url`.", group="jobs"),
+    Setting("workflow_url_timeout", ("WORKFLOW_URL_TIMEOUT",), parse_seconds, 15.0, 15.0,
+            "Seconds allowed to fetch `workflow_url`.", group="jobs"),
+    Setting("dry_run", ("DRY_RUN",), parse_bool, False, False,
+            "`1`: answer success at once without starting ComfyUI (smoke tests).", group="jobs"),
+    Setting("no_history", ("NO_HISTORY",), parse_bool, False, False,
+            "`1`: results carry only the `prompt_id`.", group="jobs"),
+    Setting("output_mode", ("OUTPUT_MODE",), choice("gcs", "base64"), "base64", "gcs",
+            "Default delivery of outputs: `gcs` (upload, return `gs://` URL) or `base64` (inline).", group="outputs"),
+    Setting("gcs_bucket", ("GCS_BUCKET",), parse_str, "", "", "Bucket for `gcs` output (or per job `gcs_bucket`).", group="outputs"),
+    Setting("gcs_prefix", ("GCS_PREFIX",), parse_str, "comfy/outputs", "comfy/outputs", "Object name prefix for uploads.", group="outputs"),
+    Setting("gcs_project", ("GCS_PROJECT", "GOOGLE_CLOUD_PROJECT"), parse_str, "", "",
+            "Google Cloud project of the bucket (`GOOGLE_CLOUD_PROJECT` is accepted too).", group="outputs"),
+    Setting("google_application_credentials", ("GOOGLE_APPLICATION_CREDENTIALS",), parse_str, "", "",
+            "Path of the service-account JSON used for uploads and signed URLs.", group="outputs"),
+    Setting("gcs_retries", ("GCS_RETRIES",), parse_int, 3, 3, "Upload attempts before `gcs_upload_failed`.", group="outputs"),
+    Setting("gcs_retry_base_sleep", ("GCS_RETRY_BASE_SLEEP",), parse_seconds, 0.5, 0.5,
+            "First back-off sleep between upload attempts (doubles each time).", group="outputs"),
+    Setting("gcs_public", ("GCS_PUBLIC",), parse_bool, False, False, "Also return the object's public https URL.", group="outputs"),
+    Setting("gcs_signed_url_ttl", ("GCS_SIGNED_URL_TTL",), parse_int, 0, 0,
+            "Seconds a V4 signed URL stays valid; 0 returns none.", group="outputs"),
+    Setting("gcs_validate", ("GCS_VALIDATE",), parse_bool, True, True,
+            "Check the bucket is reachable before the first upload.", group="outputs"),
+    Setting("api_host", ("API_HOST",), parse_str, "127.0.0.1", "0.0.0.0", "Address the Pod API binds.", group="api"),
+    Setting("api_port", ("API_PORT",), parse_port, 8000, 8000, "Port the Pod API binds.", group="api"),
+    Setting("worker_private_key_b64", ("WORKER_PRIVATE_KEY_B64",), parse_str, "", "",
+            "Curve25519 private key (base64) that opens encrypted payloads.", secret=True, group="security"),
+    Setting("encryption_required", ("ENCRYPTION_REQUIRED",), parse_bool, False, False,
+            "`1`: refuse plaintext payloads with `encryption_required`.", group="security"),
+    Setting("hf_token", ("HF_TOKEN",), parse_str, "", "", "Token sent to Hugging Face hosts only.", secret=True, group="models"),
+    Setting("civitai_token", ("CIVITAI_TOKEN",), parse_str, "", "", "Token sent to Civitai hosts only.", secret=True, group="models"),
+    Setting("log_silent", ("LOG_SILENT",), parse_bool, False, False,
+            "`1`: suppress informational logs (errors are still written).", group="logs"),
+    Setting("log_level", ("LOG_LEVEL",), choice("debug", "info", "warning", "error"), "info", "info",
+            "Lowest level written when not silent.", group="logs"),
+)
+
+SETTINGS_BY_ATTR = {s.attr: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parsed, typed settings. Build with `Settings.from_env()`; never read os.environ elsewhere."""
+
+    values: Mapping[str, Any] = field(repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        profile = _read(SETTINGS[0], env, None)
+        values: dict[str, Any] = {"profile": profile if profile is not None else "local"}
+        for setting in SETTINGS[1:]:
+            if setting.attr in overrides:
+                values[setting.attr] = overrides[setting.attr]
+                continue
+            parsed = _read(setting, env, values)
+            values[setting.attr] = parsed if parsed is not None else setting.default(values["profile"], values)
+        return cls(values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        unknown = set(changes) - set(SETTINGS_BY_ATTR)
+        if unknown:
+            raise AttributeError(", ".join(sorted(unknown)))
+        return Settings({**self.values, **changes})
+
+    @property
+    def mode(self) -> str:
+        return "serverless" if self.runpod_serverless else self.launch_mode
+
+    def public_dict(self) -> dict[str, Any]:
+        """Values safe to show or log: secrets become whether they are set."""
+        shown = {}
+        for setting in SETTINGS:
+            value = self.values[setting.attr]
+            if setting.secret:
+                value = "<set>" if value else ""
+            shown[setting.env[0]] = str(value) if isinstance(value, Path) else value
+        return shown
+
+
+def _read(setting: Setting, env: Mapping[str, str], values: Mapping[str, Any] | None) -> Any:
+    for name in setting.env:
+        raw = env.get(name)
+        if raw is None:
+            continue
+        if raw.strip() == "" and setting.parse is not parse_str:
+            continue  # an empty variable means "unset" for typed settings
+        try:
+            return setting.parse(raw)
+        except ValueError as exc:
+            shown = "<secret>" if setting.secret else repr(raw)
+            raise SettingsError(f"invalid setting {name}={shown}: {exc}") from None
+    return None
+
+
+def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
+    """Entry points call this: a bad variable ends start-up with one clear line, status 2."""
+    try:
+        return Settings.from_env(environ)
+    except SettingsError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def markdown_table() -> str:
+    def shown(default: Default) -> str:
+        if callable(default):
+            return f"`{default.label}`"
+        if isinstance(default, tuple):
+            return " ".join(default) or "(empty)"
+        if isinstance(default, bool):
+            return "1" if default else "0"
+        if isinstance(default, Path):
+            try:
+                return "`<checkout>/" + str(default.relative_to(REPO_ROOT)) + "`"
+            except ValueError:
+                return "python running the appliance" if default == Path(sys.executable) else f"`{default}`"
+        return f"`{default}`" if default != "" else "(empty)"
+
+    rows = ["| Variable | Local default | Image default | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        names = " / ".join(f"`{n}`" for n in s.env)
+        rows.append(f"| {names} | {shown(s.local)} | {shown(s.image)} | {s.doc} |")
+    return "\n".join(rows)

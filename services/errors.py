@@ -1,0 +1,102 @@
+"""Errors as values: every failure the appliance reports has a stable code from this catalogue.
+
+A code is a fixed prefix, optionally followed by `:<specifics>` (`comfy_init_failed:timeout`,
+`unknown_version:demo`). The catalogue gives each prefix its HTTP status, whether it means the
+worker itself is broken (`fatal`: the serverless handler then asks RunPod for a new worker),
+and the sentence README's error reference shows (`python -m services errors --markdown`).
+Details are written for the caller and must never contain secrets or payload plaintext.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Code:
+    prefix: str
+    status: int
+    meaning: str
+    fatal: bool = False
+    suffix: str = ""  # how the specifics after ':' read in the docs, e.g. "<reason>"
+
+
+CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
+    # Payload and workflow (4xx: the caller can fix them)
+    Code("invalid_json", 400, "The request body is not valid JSON."),
+    Code("invalid_payload", 400, "The payload is not an object or a field has the wrong type.", suffix="<field>"),
+    Code("missing_workflow", 400, "Neither `workflow` nor `workflow_url` was given."),
+    Code("workflow_conflict", 400, "Both `workflow` and `workflow_url` were given; send one."),
+    Code("invalid_workflow", 400, "The workflow is not an API-format prompt (a JSON object of nodes with `class_type` and `inputs`).", suffix="<why>"),
+    Code("workflow_url_invalid", 400, "`workflow_url` is not an http(s) URL."),
+    Code("workflow_url_failed", 400, "Fetching `workflow_url` failed: HTTP status, `timeout`, `too_large` or `unreachable`.", suffix="<status|why>"),
+    Code("workflow_rejected", 400, "ComfyUI refused the workflow at validation; `node_errors` holds ComfyUI's own per-node errors.", suffix="<comfy error type>"),
+    Code("missing_version_id", 400, "The job names no `version_id` and no `DEFAULT_VERSION_ID` is set."),
+    Code("invalid_version_id", 400, "A version id must be letters, digits, `.`, `_` or `-` (no `/`, no `..`).", suffix="<id>"),
+    Code("unknown_version", 404, "No `versions/<id>.json` exists for that id.", suffix="<id>"),
+    Code("invalid_version_spec", 500, "The version spec breaks versions/schema.json; `<where>` is the JSON path.", suffix="<id>:<where>"),
+    Code("invalid_output_mode", 400, "`output_mode` must be `gcs` or `base64`."),
+    Code("invalid_input_image", 400, "An entry of `images` is malformed (name, base64 or URL).", suffix="<name>"),
+    Code("not_found", 404, "No such route, job or download."),
+    Code("method_not_allowed", 405, "The route exists but not with this HTTP method."),
+    Code("payload_too_large", 413, "The request body is larger than the API accepts."),
+    # Encryption
+    Code("encryption_required", 400, "Plaintext was sent while `ENCRYPTION_REQUIRED=1`; send the encrypted envelope."),
+    Code("missing encrypted fields", 400, "The envelope lacks `epk`, `nonce` or `ciphertext`."),
+    Code("decryption_failed", 400, "The envelope could not be opened (wrong key, tampered or malformed fields)."),
+    Code("encryption_unavailable", 503, "An encrypted payload arrived but no `WORKER_PRIVATE_KEY_B64` is configured."),
+    # ComfyUI and execution
+    Code("comfy_init_failed", 503, "ComfyUI did not start: `no_comfy_home`, `no_main_py`, `port_in_use`, `import_error`, `exited`, `timeout`.", fatal=True, suffix="<reason>"),
+    Code("comfy_unreachable", 503, "ComfyUI does not answer at its URL."),
+    Code("comfy_crashed", 502, "ComfyUI died while the job ran; it is restarted before the next job."),
+    Code("comfy_protocol_error", 502, "ComfyUI answered something the appliance cannot read."),
+    Code("execution_error", 422, "A node raised during execution; `detail` names the node and ComfyUI's message.", suffix="<node_type>"),
+    Code("out_of_memory", 507, "A node ran out of GPU/CPU memory; ComfyUI unloaded its models."),
+    Code("interrupted", 409, "The prompt was interrupted in ComfyUI (by a cancel or by someone else)."),
+    Code("cancelled", 409, "The job was cancelled before or while it ran."),
+    Code("job_timeout", 504, "The job ran longer than `JOB_TIMEOUT` (or its own `timeout`) and was interrupted."),
+    Code("no_outputs", 422, "The workflow finished but saved no output file (previews are not results)."),
+    Code("output_fetch_failed", 502, "An output listed by ComfyUI could not be read back through `/view`.", suffix="<filename>"),
+    # Delivery
+    Code("gcs_bucket_required", 400, "`output_mode=gcs` needs `GCS_BUCKET` or a per-job `gcs_bucket`."),
+    Code("gcs_upload_failed", 502, "Uploading an output to GCS failed after retries; nothing partial is reported as done.", suffix="<why>"),
+)}
+
+
+class AppError(Exception):
+    """A failure with a catalogued code; `as_dict()` is what callers see."""
+
+    def __init__(self, prefix: str, detail: str = "", *, suffix: str | None = None,
+                 extra: dict[str, Any] | None = None, status: int | None = None):
+        if prefix not in CATALOGUE:
+            raise KeyError(f"error code {prefix!r} is not in services/errors.py's catalogue")
+        self.entry = CATALOGUE[prefix]
+        self.code = f"{prefix}:{suffix}" if suffix else prefix
+        self.detail = detail
+        self.extra = extra or {}
+        self.status = status or self.entry.status
+        super().__init__(self.one_line())
+
+    @property
+    def fatal(self) -> bool:
+        return self.entry.fatal
+
+    @property
+    def prefix(self) -> str:
+        return self.entry.prefix
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "detail": self.detail, **self.extra}
+
+    def one_line(self) -> str:
+        # RunPod keeps only the `error` string of a failed job, so code and detail travel together.
+        return f"{self.code}: {self.detail}" if self.detail else self.code
+
+
+def markdown_table() -> str:
+    rows = ["| Code | HTTP | Meaning |", "|---|---|---|"]
+    for code in CATALOGUE.values():
+        name = f"{code.prefix}:{code.suffix}" if code.suffix else code.prefix
+        fatal = " Fatal: the serverless worker asks to be replaced." if code.fatal else ""
+        rows.append(f"| `{name}` | {code.status} | {code.meaning}{fatal} |")
+    return "\n".join(rows)
