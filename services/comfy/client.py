@@ -129,6 +129,9 @@ class ComfyClient:
     async def delete_pending(self, prompt_id: str) -> None:
         await self._checked("POST", "/queue", json={"delete": [prompt_id]}, expect_json=False)
 
+    async def delete_history(self, prompt_id: str) -> None:
+        await self._checked("POST", "/history", json={"delete": [prompt_id]}, expect_json=False)
+
     async def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         await self._checked("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory},
                             expect_json=False)

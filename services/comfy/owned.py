@@ -1,0 +1,32 @@
+"""A ComfyUI this process owns: started on first use, restarted after a crash.
+
+The serverless handler and the CLI run ComfyUI as their own child through the launcher; the
+Pod API does not (supervisord owns it there, see FixedComfy in services/jobs/runner.py).
+"""
+from __future__ import annotations
+
+import asyncio
+
+from services.comfy.client import ComfyClient
+from services.comfy.launcher import ComfyLauncher
+from services.versions.spec import VersionSpec
+
+
+class OwnedComfy:
+    def __init__(self, launcher: ComfyLauncher, start_timeout: float):
+        self.launcher = launcher
+        self.start_timeout = start_timeout
+        self.client = ComfyClient(launcher.url)
+        self._lock = asyncio.Lock()
+
+    async def client_for(self, spec: VersionSpec) -> ComfyClient:
+        async with self._lock:  # one start at a time; later jobs find it ready
+            await asyncio.to_thread(self.launcher.ensure_running, self.start_timeout)
+        return self.client
+
+    def report_crash(self) -> None:
+        self.launcher.mark_defunct()
+
+    async def close(self) -> None:
+        await self.client.close()
+        await asyncio.to_thread(self.launcher.stop)

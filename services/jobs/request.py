@@ -1,0 +1,133 @@
+"""A job's payload, checked and typed before anything runs.
+
+The payload is the seeds' (`version_id`, `workflow` | `workflow_url`, `output_mode`,
+`gcs_bucket`, `gcs_prefix`, `models_dir`, `verbose`) plus `images` (input files uploaded to
+ComfyUI before the run) and `timeout`. Every mistake is an `AppError` naming the field, raised
+before ComfyUI sees anything.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from services.errors import AppError
+from services.versions.spec import check_version_id
+
+OUTPUT_MODES = ("gcs", "base64")
+_IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str
+    data_b64: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    version_id: str
+    workflow: Any            # object or JSON string, None when workflow_url or the spec's default is used
+    workflow_url: str | None
+    output_mode: str
+    gcs_bucket: str
+    gcs_prefix: str
+    models_dir: str | None
+    verbose: bool
+    images: tuple[InputImage, ...]
+    timeout: float
+
+
+def _bad(field: str, detail: str) -> AppError:
+    return AppError("invalid_payload", detail, suffix=field)
+
+
+def _optional_str(payload: dict, field: str) -> str | None:
+    value = payload.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(field, f"{field} must be a string")
+    return value
+
+
+def _bool(payload: dict, field: str) -> bool:
+    value = payload.get(field, False)
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1, "0", "1", "true", "false"):
+        return value in (1, "1", "true")
+    raise _bad(field, f"{field} must be true or false")
+
+
+def parse_images(value: Any) -> tuple[InputImage, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _bad("images", "images must be a list of {name, image} or {name, url}")
+    images, names = [], set()
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise AppError("invalid_input_image", f"images[{index}] needs a string name", suffix=str(index))
+        name = item["name"]
+        if not _IMAGE_NAME_RE.match(name) or ".." in name:
+            raise AppError("invalid_input_image", "a name is a plain file name: letters, digits, "
+                           "spaces and ._()+- (no '/', no '..')", suffix=str(index))
+        if name in names:
+            raise AppError("invalid_input_image", f"two images are named {name!r}", suffix=name)
+        names.add(name)
+        data, url = item.get("image"), item.get("url")
+        if (data is None) == (url is None) or not isinstance(data or url, str):
+            raise AppError("invalid_input_image", "give exactly one of image (base64) or url", suffix=name)
+        images.append(InputImage(name, data, url))
+    return tuple(images)
+
+
+def parse_request(payload: Any, settings) -> JobRequest:
+    if not isinstance(payload, dict):
+        raise _bad("input", "the payload must be a JSON object")
+    version_id = payload.get("version_id")
+    if version_id in (None, ""):
+        if not settings.default_version_id:
+            raise AppError("missing_version_id", "name the version to run with version_id "
+                           "(or set DEFAULT_VERSION_ID)")
+        version_id = settings.default_version_id
+    version_id = check_version_id(version_id)
+
+    workflow = payload.get("workflow")
+    workflow_url = _optional_str(payload, "workflow_url")
+    if workflow is not None and workflow_url is not None:
+        raise AppError("workflow_conflict", "send either workflow or workflow_url, not both")
+    if workflow is not None and not isinstance(workflow, (dict, str)):
+        raise AppError("invalid_workflow", "workflow must be a JSON object or a JSON string",
+                       suffix="not_object")
+
+    output_mode = payload.get("output_mode") or settings.output_mode
+    if output_mode not in OUTPUT_MODES:
+        raise AppError("invalid_output_mode", f"output_mode must be one of {', '.join(OUTPUT_MODES)}")
+    gcs_bucket = _optional_str(payload, "gcs_bucket") or settings.gcs_bucket
+    if output_mode == "gcs" and not gcs_bucket:
+        raise AppError("gcs_bucket_required", "output_mode gcs needs gcs_bucket or GCS_BUCKET")
+
+    timeout = payload.get("timeout", settings.job_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise _bad("timeout", "timeout must be a positive number of seconds")
+
+    models_dir = _optional_str(payload, "models_dir")
+    if models_dir is not None and not models_dir.startswith("/"):
+        raise _bad("models_dir", "models_dir must be an absolute path")
+
+    return JobRequest(
+        version_id=version_id,
+        workflow=workflow,
+        workflow_url=workflow_url,
+        output_mode=output_mode,
+        gcs_bucket=gcs_bucket,
+        gcs_prefix=(_optional_str(payload, "gcs_prefix") or settings.gcs_prefix).strip("/"),
+        models_dir=models_dir,
+        verbose=_bool(payload, "verbose"),
+        images=parse_images(payload.get("images")),
+        # A job may ask for less time than the worker allows, never more.
+        timeout=min(float(timeout), settings.job_timeout),
+    )

@@ -1,0 +1,199 @@
+"""The job runner: one job = version + workflow + output mode, from payload to delivered result.
+
+validate -> (dry run ends here) -> ComfyUI ready -> upload inputs -> submit -> wait (timeout,
+cancel) -> collect outputs -> deliver. Pod API, serverless handler and CLI all run jobs through
+this one class; what differs between them is the `ComfyProvider` (who owns ComfyUI) and the
+deliveries they configure.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Protocol
+
+import aiohttp
+
+from services import logs
+from services.comfy.client import ComfyClient, ProgressCallback
+from services.errors import AppError
+from services.jobs.delivery import Base64Delivery, Delivery, deliver_outcome
+from services.jobs.fetch import FetchFailed, fetch_bytes
+from services.jobs.request import InputImage, JobRequest, parse_request
+from services.jobs.workflow import fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
+from services.versions.spec import SpecStore, VersionSpec
+
+log = logs.get("jobs.runner")
+
+MAX_INPUT_IMAGE_BYTES = 64 * 2**20
+
+
+class ComfyProvider(Protocol):
+    """Who owns ComfyUI for this process: hands out a ready client for a version."""
+
+    async def client_for(self, spec: VersionSpec) -> ComfyClient: ...
+
+    def report_crash(self) -> None: ...
+
+
+class FixedComfy:
+    """A ComfyUI someone else runs (`--comfy-url`, `COMFY_URL`, supervisord's `comfyui`)."""
+
+    def __init__(self, client: ComfyClient):
+        self.client = client
+
+    async def client_for(self, spec: VersionSpec) -> ComfyClient:
+        return self.client
+
+    def report_crash(self) -> None:
+        pass  # its owner restarts it
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.marks[name] = round((now - self._last) * 1000, 2)
+        self._last = now
+
+
+class JobRunner:
+    def __init__(self, settings, specs: SpecStore, provider: ComfyProvider,
+                 deliveries: dict[str, Delivery] | None = None):
+        self.settings = settings
+        self.specs = specs
+        self.provider = provider
+        self.deliveries = deliveries or {"base64": Base64Delivery()}
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def prepare(self, payload: Any) -> tuple[JobRequest, VersionSpec, dict[str, Any]]:
+        """Everything that can fail on bad input, before any ComfyUI work."""
+        request = parse_request(payload, self.settings)
+        spec = self.specs.load(request.version_id)
+        if request.output_mode not in self.deliveries:
+            raise AppError("invalid_output_mode", f"output_mode {request.output_mode} is not configured here")
+        if request.workflow is not None:
+            workflow = parse_workflow(request.workflow)
+        elif request.workflow_url is not None:
+            workflow = await fetch_workflow(request.workflow_url, max_bytes=self.settings.workflow_url_max_bytes,
+                                            timeout=self.settings.workflow_url_timeout, session=self._session())
+        elif spec.workflow is not None:
+            workflow = parse_workflow(spec.workflow)
+        else:
+            raise AppError("missing_workflow", f"send workflow or workflow_url (version {spec.id} has no default)")
+        return request, spec, workflow
+
+    async def run(self, payload: Any, *, job_id: str | None = None,
+                  on_progress: ProgressCallback | None = None,
+                  on_submitted: Callable[[str], Awaitable[None] | None] | None = None) -> dict[str, Any]:
+        watch = Stopwatch()
+        job_id = job_id or uuid.uuid4().hex
+        request, spec, workflow = await self.prepare(payload)
+        watch.lap("validate")
+        if self.settings.dry_run:
+            return {"job_id": job_id, "version_id": spec.id, "dry_run": True, "outputs": []}
+
+        comfy = await self.provider.client_for(spec)
+        watch.lap("comfy_ready")
+        prompt = isolate_outputs(workflow, job_id)
+        rewrite_input_names(prompt, await self._upload_images(comfy, request.images, job_id))
+        prompt_id = await comfy.submit(prompt)
+        watch.lap("submit")
+        log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)
+        if on_submitted is not None:
+            result = on_submitted(prompt_id)
+            if asyncio.iscoroutine(result):
+                await result
+        outcome = await self._wait(comfy, prompt_id, prompt, request.timeout, on_progress)
+        watch.lap("execute")
+
+        if self.settings.no_history:
+            await self._forget(comfy, prompt_id)
+            return {"prompt_id": prompt_id}
+        outputs = await deliver_outcome(comfy, outcome, self.deliveries[request.output_mode], job_id, request)
+        watch.lap("deliver")
+        if not outputs:
+            raise AppError("no_outputs", "the workflow saved no file; add a save node (SaveImage, SaveVideo, ...)",
+                           extra={"prompt_id": prompt_id})
+        result: dict[str, Any] = {"job_id": job_id, "prompt_id": prompt_id, "version_id": spec.id,
+                                  "outputs": outputs}
+        first = next((o for o in outputs if "filename" in o), None)
+        if first is not None:
+            # The seeds' single-output shape: {"base64"|"gcs_url", "size", ...} of the first file.
+            for key in ("base64", "gcs_url", "signed_url", "public_url"):
+                if key in first:
+                    result[key] = first[key]
+            result["size"] = first["size"]
+        result["timings_ms"] = watch.marks
+        if request.verbose:
+            result["cached_nodes"] = outcome.cached_nodes
+        log.info("job_done", job_id=job_id, prompt_id=prompt_id, outputs=len(outputs), **watch.marks)
+        return result
+
+    async def _wait(self, comfy: ComfyClient, prompt_id: str, prompt: dict, timeout: float,
+                    on_progress: ProgressCallback | None):
+        try:
+            async with asyncio.timeout(timeout):
+                return await comfy.wait(prompt_id, prompt=prompt, on_progress=on_progress)
+        except TimeoutError:
+            await comfy.cancel(prompt_id)
+            raise AppError("job_timeout", f"the job ran longer than {timeout:g} s and was interrupted",
+                           extra={"prompt_id": prompt_id}) from None
+        except asyncio.CancelledError:
+            # Shielded so the interrupt reaches ComfyUI even though our task is being cancelled.
+            await asyncio.shield(comfy.cancel(prompt_id))
+            raise
+        except AppError as exc:
+            if exc.prefix == "comfy_crashed":
+                self.provider.report_crash()
+            raise
+
+    async def _forget(self, comfy: ComfyClient, prompt_id: str) -> None:
+        try:
+            await comfy.delete_history(prompt_id)
+        except AppError as exc:
+            log.warning("history_delete_failed", prompt_id=prompt_id, error=exc.code)
+
+    async def _upload_images(self, comfy: ComfyClient, images: tuple[InputImage, ...],
+                             job_id: str) -> dict[str, str]:
+        """Upload input files into a per-job input subfolder; returns name -> ComfyUI path."""
+        renames: dict[str, str] = {}
+        for image in images:
+            data = await self._image_bytes(image)
+            answer = await comfy.upload_image(data, image.name, subfolder=f"jobs/{job_id}", overwrite=True)
+            stored = answer.get("name", image.name) if isinstance(answer, dict) else image.name
+            renames[image.name] = f"jobs/{job_id}/{stored}"
+        return renames
+
+    async def _image_bytes(self, image: InputImage) -> bytes:
+        if image.url is not None:
+            try:
+                return await fetch_bytes(image.url, max_bytes=MAX_INPUT_IMAGE_BYTES,
+                                         timeout=self.settings.workflow_url_timeout, session=self._session())
+            except FetchFailed as exc:
+                raise AppError("invalid_input_image", f"{image.name}: {exc.detail}", suffix=image.name) from None
+        text = image.data_b64 or ""
+        if text.startswith("data:"):
+            text = text.partition(",")[2]  # data URI: data:image/png;base64,<payload>
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise AppError("invalid_input_image", f"{image.name}: image is not valid base64",
+                           suffix=image.name) from None
+        if not data:
+            raise AppError("invalid_input_image", f"{image.name}: image is empty", suffix=image.name)
+        return data

@@ -1,0 +1,87 @@
+"""Getting a job's workflow into ComfyUI's API format, and making it safe to run beside others.
+
+Sources: an object, a JSON string, a `workflow_url` (fetched with a size cap and a timeout),
+or the version spec's default workflow. Only API-format prompts are accepted: the UI's
+`{"nodes": [...], "links": [...]}` export is refused with a hint, because ComfyUI would
+reject it with a less helpful message.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+import aiohttp
+
+from services.errors import AppError
+from services.jobs.fetch import FetchFailed, fetch_bytes
+
+_PREFIX_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def parse_workflow(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise AppError("invalid_workflow", f"workflow string is not JSON: {exc}", suffix="not_json") from None
+    if not isinstance(value, dict):
+        raise AppError("invalid_workflow", "a workflow is a JSON object of nodes", suffix="not_object")
+    if isinstance(value.get("nodes"), list) and "links" in value:
+        raise AppError("invalid_workflow", "this is the UI format; export it from ComfyUI with "
+                       "'Export (API)' and send that", suffix="ui_format")
+    if not value:
+        raise AppError("invalid_workflow", "the workflow has no nodes", suffix="empty")
+    for node_id, node in value.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise AppError("invalid_workflow", f"node {node_id!s:.40} needs a string class_type",
+                           suffix="node_shape")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise AppError("invalid_workflow", f"node {node_id!s:.40} inputs must be an object",
+                           suffix="node_shape")
+    return value
+
+
+async def fetch_workflow(url: str, *, max_bytes: int, timeout: float,
+                         session: aiohttp.ClientSession | None = None) -> dict[str, Any]:
+    try:
+        body = await fetch_bytes(url, max_bytes=max_bytes, timeout=timeout, session=session)
+    except FetchFailed as exc:
+        if exc.reason == "invalid_url":
+            raise AppError("workflow_url_invalid", "workflow_url must be an http:// or https:// URL") from None
+        raise AppError("workflow_url_failed", f"workflow_url: {exc.detail}", suffix=exc.reason) from None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise AppError("workflow_url_failed", "workflow_url did not return JSON", suffix="not_json") from None
+    return parse_workflow(parsed)
+
+
+def isolate_outputs(workflow: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Give every save node a per-job subfolder so concurrent jobs never share a file name.
+
+    The caller's prefix is kept as the file stem, reduced to safe characters: a prefix like
+    `../../x` would otherwise let a workflow write outside ComfyUI's output folder.
+    """
+    prepared = copy.deepcopy(workflow)
+    for node in prepared.values():
+        inputs = node.get("inputs")
+        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
+            stem = inputs["filename_prefix"].replace("\\", "/").rsplit("/", 1)[-1]
+            stem = _PREFIX_SAFE.sub("_", stem).strip("._") or "ComfyUI"
+            inputs["filename_prefix"] = f"jobs/{job_id}/{stem}"
+    return prepared
+
+
+def rewrite_input_names(workflow: dict[str, Any], renames: dict[str, str]) -> None:
+    """Point inputs that name an uploaded image at its per-job location (in place)."""
+    if not renames:
+        return
+    for node in workflow.values():
+        inputs = node.get("inputs")
+        if not isinstance(inputs, dict):
+            continue
+        for key, value in inputs.items():
+            if isinstance(value, str) and value in renames:
+                inputs[key] = renames[value]

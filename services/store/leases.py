@@ -1,0 +1,46 @@
+"""Work items with leases: how `jobs` and `downloads` rows are claimed by one worker at a time.
+
+A worker claims the oldest queued row, or a running row whose owner stopped heartbeating for
+longer than the lease (its process was killed), inside one `BEGIN IMMEDIATE` transaction, so
+two workers in two processes never claim the same row. The claimant heartbeats while it works.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from services.store.db import Database
+
+_TABLES = ("jobs", "downloads")
+
+
+def claim(db: Database, table: str, owner: str, lease: float, max_attempts: int) -> sqlite3.Row | None:
+    assert table in _TABLES
+    now = time.time()
+    with db.write() as conn:
+        row = conn.execute(
+            f"SELECT * FROM {table} WHERE (state = 'queued' OR (state = 'running' AND heartbeat_at < ?))"
+            " AND attempts < ? ORDER BY created_at LIMIT 1", (now - lease, max_attempts)).fetchone()
+        if row is None:
+            return None
+        conn.execute(f"UPDATE {table} SET state = 'running', owner = ?, heartbeat_at = ?, attempts = attempts + 1"
+                     " WHERE id = ?", (owner, now, row["id"]))
+        return conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row["id"],)).fetchone()
+
+
+def heartbeat(db: Database, table: str, owner: str, item_id: str, **fields) -> bool:
+    """Refresh the lease (and set progress fields); False if the row is no longer ours."""
+    assert table in _TABLES
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    with db.write() as conn:
+        cur = conn.execute(f"UPDATE {table} SET heartbeat_at = ?{', ' + sets if sets else ''}"
+                           " WHERE id = ? AND owner = ? AND state = 'running'",
+                           (time.time(), *fields.values(), item_id, owner))
+        return cur.rowcount == 1
+
+
+def exhausted(db: Database, table: str, lease: float, max_attempts: int) -> list[sqlite3.Row]:
+    """Rows whose workers died `max_attempts` times: they must fail, not loop forever."""
+    assert table in _TABLES
+    return db.read(f"SELECT * FROM {table} WHERE state = 'running' AND heartbeat_at < ? AND attempts >= ?",
+                   (time.time() - lease, max_attempts))
