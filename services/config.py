@@ -145,6 +145,11 @@ SETTINGS: tuple[Setting, ...] = (
             "By default it is the cache's own `models/` folder, so there is one copy of each model.", group="paths"),
     Setting("versions_dir", ("VERSIONS_DIR",), parse_path, REPO_ROOT / "versions", REPO_ROOT / "versions",
             "Folder of version specs `<id>.json`.", group="paths"),
+    Setting("versions_root", ("VERSIONS_ROOT",), parse_path, _under("data_root", "versions"), _under("data_root", "versions"),
+            "Where installed version environments live (`<root>/<id>/`).", group="paths"),
+    Setting("state_db", ("STATE_DB",), parse_path, _under("data_root", "state", "appliance.db"),
+            _under("data_root", "state", "appliance.db"),
+            "SQLite database of jobs and downloads (WAL), shared by the Pod programs.", group="paths"),
     Setting("comfy_io_dir", ("COMFY_IO_DIR",), parse_path, _under("data_root", "comfy"), _under("data_root", "comfy"),
             "ComfyUI's `input/`, `output/`, `temp/` and `user/` folders, shared by every version.", group="paths"),
     Setting("run_dir", ("RUN_DIR",), parse_path, _under("data_root", "run"), _under("data_root", "run"),
@@ -164,6 +169,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds to wait for ComfyUI to answer after start (the wait ends at once if it exits).", group="comfy"),
     Setting("job_timeout", ("JOB_TIMEOUT",), parse_seconds, 3600.0, 3600.0,
             "Seconds one job may run in ComfyUI before it is interrupted and fails with `job_timeout`.", group="jobs"),
+    Setting("auto_install_versions", ("AUTO_INSTALL_VERSIONS",), parse_bool, False, False,
+            "`1`: a job naming a version that is not installed installs it first (else `version_not_installed`).",
+            group="jobs"),
     Setting("default_version_id", ("DEFAULT_VERSION_ID",), parse_str, "", "",
             "Version used by jobs that name none; empty means `version_id` is required.", group="jobs"),
     Setting("workflow_url_max_bytes", ("WORKFLOW_URL_MAX_BYTES",), parse_int, 10 * 2**20, 10 * 2**20,
@@ -212,6 +220,7 @@ class Settings:
     """Parsed, typed settings. Build with `Settings.from_env()`; never read os.environ elsewhere."""
 
     values: Mapping[str, Any] = field(repr=False)
+    explicit: frozenset[str] = frozenset()  # attrs whose value came from the environment
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -224,19 +233,27 @@ class Settings:
         env = os.environ if environ is None else environ
         profile = _read(SETTINGS[0], env, None)
         values: dict[str, Any] = {"profile": profile if profile is not None else "local"}
+        explicit = {"profile"} if profile is not None else set()
         for setting in SETTINGS[1:]:
             if setting.attr in overrides:
                 values[setting.attr] = overrides[setting.attr]
+                explicit.add(setting.attr)
                 continue
             parsed = _read(setting, env, values)
+            if parsed is not None:
+                explicit.add(setting.attr)
             values[setting.attr] = parsed if parsed is not None else setting.default(values["profile"], values)
-        return cls(values)
+        return cls(values, frozenset(explicit))
+
+    def is_set(self, attr: str) -> bool:
+        """Whether the environment chose this value (as opposed to a default)."""
+        return attr in self.explicit
 
     def replace(self, **changes: Any) -> "Settings":
         unknown = set(changes) - set(SETTINGS_BY_ATTR)
         if unknown:
             raise AttributeError(", ".join(sorted(unknown)))
-        return Settings({**self.values, **changes})
+        return Settings({**self.values, **changes}, self.explicit | set(changes))
 
     @property
     def mode(self) -> str:
