@@ -243,18 +243,28 @@ class ComfyClient:
         return result["prompt_id"]
 
     async def wait(self, prompt_id: str, *, prompt: dict[str, Any] | None = None,
-                   on_progress: ProgressCallback | None = None) -> PromptOutcome:
+                   on_progress: ProgressCallback | None = None, adopted: bool = False) -> PromptOutcome:
         """Follow a submitted prompt to its end. Cancel the awaiting task to give up on it
-        (the caller interrupts ComfyUI; see `cancel`)."""
+        (the caller interrupts ComfyUI; see `cancel`).
+
+        `adopted`: the prompt was submitted by another process (a worker that died), so its
+        events go to a socket that no longer exists; check its state at once and poll often.
+        """
+        self._ensure_reader()
         queue = self._subscribe(prompt_id)
         tracker = _ProgressTracker(prompt_id, prompt or {})
+        check_now = adopted
         try:
             while True:
-                interval = self._idle_check if self._connected.is_set() else self._down_check
-                try:
-                    message = await asyncio.wait_for(queue.get(), timeout=interval)
-                except asyncio.TimeoutError:
-                    message = None
+                if check_now:
+                    message, check_now = None, False
+                else:
+                    interval = (self._down_check if adopted or not self._connected.is_set()
+                                else self._idle_check)
+                    try:
+                        message = await asyncio.wait_for(queue.get(), timeout=interval)
+                    except asyncio.TimeoutError:
+                        message = None
                 if message is None or message is _DISCONNECTED or message is _CONNECTED:
                     entry = await self._poll(prompt_id)
                     if entry is not None:

@@ -162,12 +162,8 @@ class ComfyLauncher:
         log.error("comfy_init_failed", reason=reason, detail=detail)
         return error
 
-    def start(self) -> None:
-        """Spawn ComfyUI (non-blocking). Raises comfy_init_failed for what is known up front."""
-        with self._lock:
-            if self.is_alive():
-                return
-            self._to(State.STARTING)
+    def prepare(self) -> list[str]:
+        """Check what can be checked before spawning, write the config files; returns the argv."""
         if not self.comfy_home.is_dir():
             raise self._fail("no_comfy_home", f"COMFY_HOME {self.comfy_home} does not exist")
         if not (self.comfy_home / "main.py").is_file():
@@ -179,11 +175,20 @@ class ComfyLauncher:
         for root in self.model_roots:
             Path(root).mkdir(parents=True, exist_ok=True)
         write_extra_model_paths(self.run_dir / "extra_model_paths.yaml", self.model_roots)
+        return self.command()
+
+    def start(self) -> None:
+        """Spawn ComfyUI (non-blocking). Raises comfy_init_failed for what is known up front."""
+        with self._lock:
+            if self.is_alive():
+                return
+            self._to(State.STARTING)
+        argv = self.prepare()
         self._tail.clear()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             self._proc = subprocess.Popen(
-                self.command(), cwd=self.comfy_home, env=env, stdin=subprocess.DEVNULL,
+                argv, cwd=self.comfy_home, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             raise self._fail("exited", f"could not execute {self.python}: {exc.strerror}") from None
@@ -238,17 +243,24 @@ class ComfyLauncher:
 
     def ensure_running(self, timeout: float) -> None:
         """Start if not running, then wait until ready (used before each job)."""
-        if self.is_alive() and self._state == State.READY:
-            return
-        if not self.is_alive():
-            if self._state in (State.READY, State.STARTING):
-                self._to(State.DEFUNCT)
-            self.start()
+        with self._lock:
+            if self.is_alive() and self._state == State.READY:
+                return
+            if not self.is_alive():
+                if self._state in (State.READY, State.STARTING):
+                    self._to(State.DEFUNCT)
+                self.start()
         self.wait_ready(timeout)
 
     def mark_defunct(self) -> None:
+        """A job saw ComfyUI fail. A process that is alive but no longer answers is wedged:
+        kill it, so the next job starts a fresh one instead of waiting on it."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None and not self._answers():
+            log.warning("comfy_wedged_killed", pid=proc.pid)
+            self._kill_group(proc, grace=2)
         with self._lock:
-            if self._state in (State.READY, State.STARTING):
+            if not self.is_alive() and self._state in (State.READY, State.STARTING):
                 self._state = State.DEFUNCT
 
     # ---- stop -------------------------------------------------------------------------

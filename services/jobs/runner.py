@@ -80,26 +80,33 @@ class JobRunner:
         if self._http is not None:
             await self._http.close()
 
-    async def prepare(self, payload: Any) -> tuple[JobRequest, VersionSpec, dict[str, Any]]:
-        """Everything that can fail on bad input, before any ComfyUI work."""
+    def validate(self, payload: Any) -> tuple[JobRequest, VersionSpec, dict[str, Any] | None]:
+        """The checks that need no network: payload, version spec, an inline workflow."""
         request = parse_request(payload, self.settings)
         spec = self.specs.load(request.version_id)
         if request.output_mode not in self.deliveries:
             raise AppError("invalid_output_mode", f"output_mode {request.output_mode} is not configured here")
-        if request.workflow is not None:
-            workflow = parse_workflow(request.workflow)
-        elif request.workflow_url is not None:
+        workflow = parse_workflow(request.workflow) if request.workflow is not None else None
+        if workflow is None and request.workflow_url is None and spec.workflow is None:
+            raise AppError("missing_workflow", f"send workflow or workflow_url (version {spec.id} has no default)")
+        return request, spec, workflow
+
+    async def prepare(self, payload: Any) -> tuple[JobRequest, VersionSpec, dict[str, Any]]:
+        """Everything that can fail on bad input, before any ComfyUI work."""
+        request, spec, workflow = self.validate(payload)
+        if workflow is None and request.workflow_url is not None:
             workflow = await fetch_workflow(request.workflow_url, max_bytes=self.settings.workflow_url_max_bytes,
                                             timeout=self.settings.workflow_url_timeout, session=self._session())
-        elif spec.workflow is not None:
+        if workflow is None:
             workflow = parse_workflow(spec.workflow)
-        else:
-            raise AppError("missing_workflow", f"send workflow or workflow_url (version {spec.id} has no default)")
         return request, spec, workflow
 
     async def run(self, payload: Any, *, job_id: str | None = None,
                   on_progress: ProgressCallback | None = None,
-                  on_submitted: Callable[[str], Awaitable[None] | None] | None = None) -> dict[str, Any]:
+                  on_submitted: Callable[[str], Awaitable[None] | None] | None = None,
+                  resume_prompt_id: str | None = None) -> dict[str, Any]:
+        """Run one job. `resume_prompt_id`: the job's prompt was submitted by a worker that died;
+        wait on it if ComfyUI still has it, else submit the job again."""
         watch = Stopwatch()
         job_id = job_id or uuid.uuid4().hex
         request, spec, workflow = await self.prepare(payload)
@@ -110,15 +117,20 @@ class JobRunner:
         comfy = await self.provider.client_for(spec)
         watch.lap("comfy_ready")
         prompt = isolate_outputs(workflow, job_id)
-        rewrite_input_names(prompt, await self._upload_images(comfy, request.images, job_id))
-        prompt_id = await comfy.submit(prompt)
-        watch.lap("submit")
-        log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)
-        if on_submitted is not None:
-            result = on_submitted(prompt_id)
-            if asyncio.iscoroutine(result):
-                await result
-        outcome = await self._wait(comfy, prompt_id, prompt, request.timeout, on_progress)
+        outcome = None
+        if resume_prompt_id:
+            prompt_id = resume_prompt_id
+            outcome = await self._adopt(comfy, prompt_id, prompt, request.timeout, on_progress)
+        if outcome is None:
+            rewrite_input_names(prompt, await self._upload_images(comfy, request.images, job_id))
+            prompt_id = await comfy.submit(prompt)
+            watch.lap("submit")
+            log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)
+            if on_submitted is not None:
+                result = on_submitted(prompt_id)
+                if asyncio.iscoroutine(result):
+                    await result
+            outcome = await self._wait(comfy, prompt_id, prompt, request.timeout, on_progress)
         watch.lap("execute")
 
         if self.settings.no_history:
@@ -144,11 +156,22 @@ class JobRunner:
         log.info("job_done", job_id=job_id, prompt_id=prompt_id, outputs=len(outputs), **watch.marks)
         return result
 
+    async def _adopt(self, comfy: ComfyClient, prompt_id: str, prompt: dict, timeout: float,
+                     on_progress: ProgressCallback | None):
+        """Wait on a prompt a dead worker submitted; None when ComfyUI no longer knows it."""
+        try:
+            return await self._wait(comfy, prompt_id, prompt, timeout, on_progress, adopted=True)
+        except AppError as exc:
+            if exc.prefix != "comfy_crashed":
+                raise
+            log.info("job_resubmitted", prompt_id=prompt_id)
+            return None
+
     async def _wait(self, comfy: ComfyClient, prompt_id: str, prompt: dict, timeout: float,
-                    on_progress: ProgressCallback | None):
+                    on_progress: ProgressCallback | None, adopted: bool = False):
         try:
             async with asyncio.timeout(timeout):
-                return await comfy.wait(prompt_id, prompt=prompt, on_progress=on_progress)
+                return await comfy.wait(prompt_id, prompt=prompt, on_progress=on_progress, adopted=adopted)
         except TimeoutError:
             await comfy.cancel(prompt_id)
             raise AppError("job_timeout", f"the job ran longer than {timeout:g} s and was interrupted",

@@ -93,11 +93,7 @@ class DownloadStore:
         self._end(owner, download_id, "failed", error=error, detail=detail)
 
     def _end(self, owner: str, download_id: str, state: str, **fields) -> None:
-        fields["updated_at"] = time.time()
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.db.write() as conn:
-            conn.execute(f"UPDATE downloads SET state = ?, {sets} WHERE id = ? AND owner = ?",
-                         (state, *fields.values(), download_id, owner))
+        leases.end(self.db, "downloads", owner, download_id, state, updated_at=time.time(), **fields)
 
     def _fail_exhausted(self) -> None:
         for row in leases.exhausted(self.db, "downloads", LEASE_SECONDS, MAX_ATTEMPTS):

@@ -44,3 +44,13 @@ def exhausted(db: Database, table: str, lease: float, max_attempts: int) -> list
     assert table in _TABLES
     return db.read(f"SELECT * FROM {table} WHERE state = 'running' AND heartbeat_at < ? AND attempts >= ?",
                    (time.time() - lease, max_attempts))
+
+
+def end(db: Database, table: str, owner: str, item_id: str, state: str, **fields) -> bool:
+    """Move a running row that `owner` holds to a final state; False if it is no longer ours."""
+    assert table in _TABLES
+    sets = "".join(f", {k} = ?" for k in fields)
+    with db.write() as conn:
+        cur = conn.execute(f"UPDATE {table} SET state = ?{sets} WHERE id = ? AND owner = ? AND state = 'running'",
+                           (state, *fields.values(), item_id, owner))
+        return cur.rowcount == 1

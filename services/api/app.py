@@ -1,0 +1,98 @@
+"""The Pod API: a Falcon ASGI app served by gunicorn with uvicorn workers (etc/gunicorn.conf.py).
+
+ASGI because synchronous `/run` requests wait seconds to minutes on ComfyUI: each waiting
+request is a coroutine, not a thread, so hundreds can wait while `/healthz` stays fast.
+`create_app()` is the only place that reads settings; gunicorn calls it in each worker.
+This process never imports torch.
+"""
+from __future__ import annotations
+
+import hmac
+
+import falcon
+import falcon.asgi
+
+from services import __version__, config, logs
+from services.api import http, jobs
+from services.api.executor import JobExecutor
+from services.api.health import HealthState
+from services.api.openapi import OpenApiResource
+from services.comfy.client import ComfyClient
+from services.errors import AppError
+from services.jobs.runner import FixedComfy, JobRunner
+from services.store.db import Database
+from services.store.jobs import JobStore
+from services.versions.spec import SpecStore
+
+PUBLIC_ROUTES = ("/healthz", "/openapi.json")
+
+
+class Lifespan:
+    """Starts each worker's background tasks (job claiming, health refresh) and stops them."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    async def process_startup(self, scope, event) -> None:
+        for part in self.parts:
+            part.start()
+
+    async def process_shutdown(self, scope, event) -> None:
+        for part in reversed(self.parts):
+            await part.stop()
+
+
+class TokenAuth:
+    """With API_TOKEN set, every route but /healthz and /openapi.json needs `Bearer <token>`."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    async def process_request(self, req, resp) -> None:
+        if req.path in PUBLIC_ROUTES:
+            return
+        given = (req.get_header("Authorization") or "").encode()
+        if not hmac.compare_digest(given, self.expected):
+            raise AppError("unauthorized", "send Authorization: Bearer <API_TOKEN>")
+
+
+class HealthResource:
+    def __init__(self, health: HealthState):
+        self.health = health
+
+    async def on_get(self, req, resp) -> None:
+        http.send_json(resp, self.health.body, self.health.status)
+
+
+class _Closing:
+    """Adapts objects with `close()` to the Lifespan part interface."""
+
+    def __init__(self, *closables):
+        self.closables = closables
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        for item in self.closables:
+            await item.close()
+
+
+def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
+    settings = settings or config.load_or_exit()
+    logs.configure_from(settings)
+    comfy = ComfyClient(settings.comfy_url or f"http://{settings.comfy_host}:{settings.comfy_port}")
+    store = JobStore(Database(settings.state_db))
+    runner = JobRunner(settings, SpecStore(settings.versions_dir), FixedComfy(comfy))
+    executor = JobExecutor(store, runner, settings, concurrency=settings.api_job_concurrency)
+    health = HealthState(settings, comfy, extra={"appliance": __version__})
+
+    middleware = [Lifespan(health, executor, _Closing(runner, comfy))]
+    if settings.api_token:
+        middleware.append(TokenAuth(settings.api_token))
+    app = falcon.asgi.App(middleware=middleware)
+    http.install(app)
+    app.add_route("/healthz", HealthResource(health))
+    app.add_route("/openapi.json", OpenApiResource())
+    jobs.route(app, settings, runner, executor, store, comfy)
+    return app

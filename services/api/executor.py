@@ -1,0 +1,153 @@
+"""Runs the Pod API's jobs inside each gunicorn worker, durably.
+
+Every job is a row in the store before `/run` answers. A synchronous request runs its own job
+at once in this worker; asynchronous jobs are claimed from the store by whichever worker has
+room. While a job runs, its worker heartbeats the row; if the worker dies, the lease expires
+and another worker claims the job and resumes waiting on its ComfyUI prompt (or submits it
+again when ComfyUI lost it). A cancel flag set by `DELETE /jobs/{id}` in any worker is picked
+up by the owner's heartbeat.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from services import logs
+from services.comfy.client import Progress
+from services.errors import AppError
+from services.jobs.runner import JobRunner
+from services.security.envelope import open_payload
+from services.store.jobs import LEASE_SECONDS, Job, JobStore
+
+log = logs.get("api.executor")
+
+HEARTBEAT_SECONDS = LEASE_SECONDS / 5
+IDLE_POLL_SECONDS = 0.5
+
+
+class JobExecutor:
+    def __init__(self, store: JobStore, runner: JobRunner, settings, *, concurrency: int = 16):
+        self.store = store
+        self.runner = runner
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.concurrency = concurrency
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.progress: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._claim_loop()), loop.create_task(self._heartbeat_loop())]
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- entry points -----------------------------------------------------------------
+    async def run_now(self, body: Any, job_id: str | None) -> tuple[Job, asyncio.Task | None]:
+        """Store a job owned by this worker and start it; an existing job_id is returned as is."""
+        job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
+                                               owner=self.owner, version_id=_version_hint(body))
+        if not created:
+            return job, self.tasks.get(job.id)
+        return job, self._spawn(job)
+
+    async def enqueue(self, body: Any, job_id: str | None) -> Job:
+        job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
+                                               version_id=_version_hint(body))
+        if created:
+            self.wake()
+        return job
+
+    # ---- loops ------------------------------------------------------------------------
+    def _spawn(self, job: Job) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._execute(job))
+        self.tasks[job.id] = task
+        task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
+        return task
+
+    def _forget(self, job_id: str) -> None:
+        self.tasks.pop(job_id, None)
+        self.progress.pop(job_id, None)
+        self.wake()  # a slot is free
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                if len(self.tasks) < self.concurrency:
+                    job = await asyncio.to_thread(self.store.claim, self.owner)
+                    if job is not None:
+                        self._spawn(job)
+                        continue
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a locked or vanished database must not kill the loop
+                log.error("claim_failed", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await asyncio.to_thread(self._beat)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.error("heartbeat_failed", exc_info=True)
+
+    def _beat(self) -> None:
+        job_ids = list(self.tasks)
+        for job_id in job_ids:
+            self.store.heartbeat(self.owner, job_id, progress=self.progress.get(job_id, 0.0))
+        for job_id in self.store.cancel_requested(job_ids):
+            task = self.tasks.get(job_id)
+            if task is not None:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+    # ---- one job ----------------------------------------------------------------------
+    async def _execute(self, job: Job) -> dict[str, Any]:
+        """Run a job to its end and record it; returns what the synchronous caller is sent."""
+        log.info("job_start", job_id=job.id, attempt=job.attempts, resume=bool(job.prompt_id))
+        try:
+            opened = open_payload(json.loads(job.payload), self.settings)
+            result = await self.runner.run(
+                opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id,
+                on_progress=lambda p, job_id=job.id: self._on_progress(job_id, p),
+                on_submitted=lambda prompt_id, job_id=job.id: self._on_submitted(job_id, prompt_id))
+            reply = opened.reply(result)
+            await asyncio.to_thread(self.store.finish, self.owner, job.id, reply)
+            return {"status": 200, "body": reply}
+        except AppError as exc:
+            await asyncio.to_thread(self.store.fail, self.owner, job.id, exc.code, exc.detail)
+            return {"status": exc.status, "body": {**exc.as_dict(), "job_id": job.id}}
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self.store.fail, self.owner, job.id, "cancelled",
+                                                   "cancelled while running", "cancelled"))
+            raise
+
+    def _on_progress(self, job_id: str, progress: Progress) -> None:
+        self.progress[job_id] = progress.percent
+
+    async def _on_submitted(self, job_id: str, prompt_id: str) -> None:
+        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id)
+
+
+def _version_hint(body: Any) -> str | None:
+    value = body.get("version_id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None

@@ -1,0 +1,100 @@
+"""`/healthz`: answered from a snapshot that a background task refreshes every second.
+
+The request path does no I/O: ComfyUI is pinged, supervisord asked (XML-RPC over its unix
+socket) and gpuwatch's file read by the refresher, which also pre-serialises the answer.
+`ok` is ComfyUI answering; a ComfyUI that is down makes /healthz answer 503 with the reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import xmlrpc.client
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from services import logs
+from services.comfy.client import ComfyClient
+from services.gpu import state as gpu_state
+from services.security.envelope import public_key_b64
+
+log = logs.get("api.health")
+
+REFRESH_SECONDS = 1.0
+STATS_EVERY = 30.0
+
+
+def supervisor_programs(socket_path: str) -> dict[str, Any]:
+    transport = SupervisorTransport(None, None, serverurl=f"unix://{socket_path}")
+    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    return {p["name"]: {"state": p["statename"], "pid": p["pid"] or None, "description": p["description"]}
+            for p in proxy.supervisor.getAllProcessInfo()}
+
+
+class HealthState:
+    def __init__(self, settings, comfy: ComfyClient, extra: dict[str, Any] | None = None):
+        self.settings = settings
+        self.comfy = comfy
+        self.extra = extra or {}
+        self.snapshot: dict[str, Any] = {}
+        self.body = b"{}"
+        self.status = 503
+        self._stats: dict[str, Any] = {}
+        self._stats_at = 0.0
+        self._task: asyncio.Task | None = None
+        self._public_key = public_key_b64(settings)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.error("health_refresh_failed", exc_info=True)
+            await asyncio.sleep(REFRESH_SECONDS)
+
+    async def refresh(self) -> None:
+        comfy_up = await self.comfy.ping()
+        if comfy_up and time.monotonic() - self._stats_at > STATS_EVERY:
+            try:
+                self._stats = await self.comfy.system_stats()
+                self._stats_at = time.monotonic()
+            except Exception:
+                self._stats = {}
+        programs: dict[str, Any] = {}
+        if self.settings.supervisor_socket:
+            try:
+                programs = await asyncio.to_thread(supervisor_programs, self.settings.supervisor_socket)
+            except (OSError, xmlrpc.client.Error) as exc:
+                programs = {"error": f"supervisord unreachable: {type(exc).__name__}"}
+        gpu = await asyncio.to_thread(gpu_state.read, self.settings.run_dir, 3 * self.settings.gpu_poll_interval + 5)
+        comfy = {"state": "ready" if comfy_up else "down", "url": self.comfy.base_url}
+        if comfy_up:
+            system = self._stats.get("system", {})
+            comfy["comfyui_version"] = system.get("comfyui_version")
+            comfy["devices"] = [d.get("name") for d in self._stats.get("devices", [])]
+        else:
+            program = programs.get("comfyui") if isinstance(programs.get("comfyui"), dict) else None
+            comfy["reason"] = (f"comfyui program is {program['state']}: {program['description']}"
+                               if program else "ComfyUI does not answer")
+        self.snapshot = {
+            "ok": comfy_up,
+            "model_dir": str(self.settings.models_dir),
+            "server_public_key_b64": self._public_key,
+            "comfy": comfy,
+            "gpu": {k: gpu.get(k) for k in ("state", "reason", "checked_at", "gpus", "host") if k in gpu},
+            "programs": programs,
+            "version": self.extra,
+        }
+        self.body = json.dumps(self.snapshot).encode()
+        self.status = 200 if comfy_up else 503

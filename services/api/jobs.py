@@ -1,0 +1,129 @@
+"""`/run` and `/jobs`: submitting work, waiting for it, reading and cancelling it.
+
+`/run` checks the payload before anything is stored (bad input is a 4xx at once, never a
+failed job later), then either runs the job in this worker and answers with its result
+(default) or answers `202 {"job_id"}` at once (`"async": true`). `async` and `job_id` may sit
+beside an encrypted envelope: they say how to run it, not what.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import falcon
+
+from services.api.executor import JobExecutor
+from services.api.http import read_json, send_json
+from services.comfy.client import ComfyClient
+from services.errors import AppError
+from services.jobs.runner import JobRunner
+from services.security.envelope import open_payload
+from services.store.jobs import TERMINAL, JobStore
+from services.versions.spec import VERSION_ID_RE
+
+_META = ("async", "job_id")
+SYNC_POLL_SECONDS = 0.5
+
+
+def _job_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not VERSION_ID_RE.match(value) or len(value) > 64:
+        raise AppError("invalid_payload", "job_id is 1-64 letters, digits, '.', '_' or '-'", suffix="job_id")
+    return value
+
+
+class RunResource:
+    def __init__(self, settings, runner: JobRunner, executor: JobExecutor, store: JobStore):
+        self.settings, self.runner, self.executor, self.store = settings, runner, executor, store
+
+    async def on_post(self, req, resp) -> None:
+        body = await read_json(req)
+        if not isinstance(body, dict):
+            raise AppError("invalid_payload", "the body must be a JSON object", suffix="body")
+        is_async = body.get("async", False)
+        if not isinstance(is_async, bool):
+            raise AppError("invalid_payload", "async must be true or false", suffix="async")
+        job_id = _job_id(body.get("job_id"))
+        payload = {k: v for k, v in body.items() if k not in _META}
+        self.runner.validate(open_payload(payload, self.settings).payload)
+
+        if is_async:
+            job = await self.executor.enqueue(payload, job_id)
+            resp.set_header("Location", f"/jobs/{job.id}")
+            send_json(resp, {"job_id": job.id, "state": job.state}, 202)
+            return
+        job, task = await self.executor.run_now(payload, job_id)
+        if task is None:
+            send_json(resp, await self._wait_elsewhere(job.id))
+            return
+        try:
+            # Shielded: a client that hangs up does not cancel the job; it stays durable.
+            outcome = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            outcome = {"status": 409, "body": {"error": "cancelled", "detail": "cancelled while running",
+                                               "job_id": job.id}}
+        send_json(resp, outcome["body"], outcome["status"])
+
+    async def _wait_elsewhere(self, job_id: str) -> dict[str, Any]:
+        """A retried request whose job another worker owns: wait for the row to finish."""
+        while True:
+            job = await asyncio.to_thread(self.store.get, job_id)
+            if job is None or job.state in TERMINAL:
+                return job.public() if job else {"job_id": job_id}
+            await asyncio.sleep(SYNC_POLL_SECONDS)
+
+
+class JobResource:
+    def __init__(self, store: JobStore, executor: JobExecutor, comfy: ComfyClient):
+        self.store, self.executor, self.comfy = store, executor, comfy
+
+    async def _get(self, job_id: str):
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job is None:
+            raise AppError("not_found", f"no job {job_id}")
+        return job
+
+    async def on_get(self, req, resp, job_id: str) -> None:
+        job = await self._get(job_id)
+        view = job.public()
+        if job.id in self.executor.progress:
+            view["progress"] = self.executor.progress[job.id]  # fresher than the last heartbeat
+        send_json(resp, view)
+
+    async def on_delete(self, req, resp, job_id: str) -> None:
+        job = await self._get(job_id)
+        if job.state in TERMINAL:
+            send_json(resp, job.public())
+            return
+        job = await asyncio.to_thread(self.store.request_cancel, job_id)
+        local = self.executor.tasks.get(job_id)
+        if local is not None:
+            local.cancel()
+        elif job.state == "running" and job.prompt_id:
+            # Another worker owns it: interrupt ComfyUI now; its heartbeat sees the flag soon.
+            await self.comfy.cancel(job.prompt_id)
+        send_json(resp, job.public(), 202)
+
+
+class JobsResource:
+    def __init__(self, store: JobStore):
+        self.store = store
+
+    async def on_get(self, req, resp) -> None:
+        state = req.get_param("state")
+        if state is not None and state not in ("queued", "running", *TERMINAL):
+            raise AppError("invalid_payload", "state is queued, running, succeeded, failed or cancelled",
+                           suffix="state")
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        jobs = await asyncio.to_thread(self.store.list, state, limit)
+        send_json(resp, {"jobs": [{k: v for k, v in j.public().items() if k != "result"} for j in jobs],
+                         "counts": await asyncio.to_thread(self.store.counts)})
+
+
+def route(app: falcon.asgi.App, settings, runner, executor, store, comfy) -> None:
+    app.add_route("/run", RunResource(settings, runner, executor, store))
+    app.add_route("/jobs", JobsResource(store))
+    app.add_route("/jobs/{job_id}", JobResource(store, executor, comfy))

@@ -1,0 +1,148 @@
+"""`GET /openapi.json`: the Pod API described in OpenAPI 3.1.
+
+tests/test_api_openapi.py keeps it true: every route the app serves is documented with its
+methods, and real answers validate against the schemas here (OpenAPI 3.1 schemas are JSON
+Schema 2020-12).
+"""
+from __future__ import annotations
+
+import json
+
+from services import __version__
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "Error: a stable code and a human detail")
+_ERRORS = {"400": ERROR, "401": ERROR, "404": ERROR, "413": ERROR}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "stable code, see README's error reference"},
+                       "detail": {"type": "string"},
+                       "node_errors": {"type": "object", "description": "ComfyUI's own per-node validation errors"},
+                       "job_id": {"type": "string"}},
+    },
+    "Envelope": {
+        "type": "object", "required": ["encrypted", "epk", "nonce", "ciphertext"],
+        "properties": {"encrypted": {"const": True}, "epk": {"type": "string"}, "nonce": {"type": "string"},
+                       "ciphertext": {"type": "string"}, "async": {"type": "boolean"}, "job_id": {"type": "string"}},
+    },
+    "SealedReply": {
+        "type": "object", "required": ["encrypted", "nonce", "ciphertext"],
+        "properties": {"encrypted": {"const": True}, "nonce": {"type": "string"}, "ciphertext": {"type": "string"}},
+    },
+    "RunRequest": {
+        "type": "object",
+        "properties": {
+            "version_id": {"type": "string", "description": "versions/<id>.json; default DEFAULT_VERSION_ID"},
+            "workflow": {"type": ["object", "string"], "description": "API-format prompt, object or JSON string"},
+            "workflow_url": {"type": "string", "format": "uri"},
+            "output_mode": {"enum": ["gcs", "base64"]},
+            "gcs_bucket": {"type": "string"}, "gcs_prefix": {"type": "string"},
+            "models_dir": {"type": "string"}, "verbose": {"type": "boolean"},
+            "timeout": {"type": "number", "exclusiveMinimum": 0},
+            "images": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}, "image": {"type": "string", "description": "base64 or data URI"},
+                               "url": {"type": "string"}}}},
+            "async": {"type": "boolean", "description": "answer 202 {job_id} at once"},
+            "job_id": {"type": "string", "description": "client-chosen id: a retry returns the same job"},
+        },
+    },
+    "Output": {
+        "type": "object", "required": ["node_id", "type"],
+        "properties": {"node_id": {"type": "string"}, "filename": {"type": "string"},
+                       "type": {"enum": ["image", "animated", "video", "audio", "3d", "file", "text"]},
+                       "content_type": {"type": "string"}, "size": {"type": "integer"},
+                       "sha256": {"type": "string"}, "base64": {"type": "string"}, "gcs_url": {"type": "string"},
+                       "signed_url": {"type": "string"}, "public_url": {"type": "string"}, "text": {"type": "string"}},
+    },
+    "RunResult": {
+        "type": "object",
+        "properties": {"job_id": {"type": "string"}, "prompt_id": {"type": "string"}, "version_id": {"type": "string"},
+                       "outputs": {"type": "array", "items": _ref("Output")},
+                       "base64": {"type": "string"}, "gcs_url": {"type": "string"}, "size": {"type": "integer"},
+                       "timings_ms": {"type": "object"}, "dry_run": {"type": "boolean"},
+                       "cached_nodes": {"type": "array", "items": {"type": "string"}}},
+    },
+    "Job": {
+        "type": "object", "required": ["job_id", "state"],
+        "properties": {"job_id": {"type": "string"},
+                       "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                       "progress": {"type": "number"}, "version_id": {"type": ["string", "null"]},
+                       "prompt_id": {"type": ["string", "null"]}, "created_at": {"type": "number"},
+                       "started_at": {"type": ["number", "null"]}, "finished_at": {"type": ["number", "null"]},
+                       "attempts": {"type": "integer"},
+                       "result": {"oneOf": [_ref("RunResult"), _ref("SealedReply")]},
+                       "error": {"type": "string"}, "detail": {"type": ["string", "null"]}},
+    },
+    "Health": {
+        "type": "object", "required": ["ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "programs", "version"],
+        "properties": {"ok": {"type": "boolean"}, "model_dir": {"type": "string"},
+                       "server_public_key_b64": {"type": "string"},
+                       "comfy": {"type": "object", "required": ["state"],
+                                 "properties": {"state": {"enum": ["ready", "down"]}, "url": {"type": "string"}}},
+                       "gpu": {"type": "object", "properties": {"state": {"enum": ["ok", "degraded", "absent", "unknown"]}}},
+                       "programs": {"type": "object"}, "version": {"type": "object"}},
+    },
+}
+
+PATHS = {
+    "/healthz": {"get": {
+        "summary": "Health from a cached snapshot (no I/O per request)",
+        "responses": {"200": _json(_ref("Health"), "ComfyUI answers"),
+                      "503": _json(_ref("Health"), "ComfyUI is down; `comfy.reason` says why")}}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
+    "/run": {"post": {
+        "summary": "Run a workflow: waits for the result, or answers 202 at once with `async: true`",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"oneOf": [_ref("RunRequest"), _ref("Envelope")]}}}},
+        "responses": {"200": _json({"oneOf": [_ref("RunResult"), _ref("SealedReply")]}, "The result (sealed when the request was)"),
+                      "202": _json({"type": "object", "required": ["job_id"],
+                                    "properties": {"job_id": {"type": "string"}, "state": {"type": "string"}}},
+                                   "Accepted; poll /jobs/{job_id}"),
+                      **_ERRORS, "409": ERROR, "422": ERROR, "502": ERROR, "503": ERROR, "504": ERROR, "507": ERROR}}},
+    "/jobs": {"get": {
+        "summary": "Recent jobs and counts by state",
+        "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {"200": _json({"type": "object", "required": ["jobs", "counts"],
+                                    "properties": {"jobs": {"type": "array", "items": _ref("Job")},
+                                                   "counts": {"type": "object"}}}, "Jobs"), **_ERRORS}}},
+    "/jobs/{job_id}": {
+        "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "State, progress, result or error of a job",
+                "responses": {"200": _json(_ref("Job"), "The job"), **_ERRORS}},
+        "delete": {"summary": "Cancel a job (interrupts ComfyUI when it runs)",
+                   "responses": {"200": _json(_ref("Job"), "Already finished"),
+                                 "202": _json(_ref("Job"), "Cancel requested"), **_ERRORS}}},
+}
+
+
+def document(paths: dict | None = None, schemas: dict | None = None) -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ComfyUI appliance Pod API", "version": __version__},
+        "components": {"schemas": {**SCHEMAS, **(schemas or {})},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "Only when API_TOKEN is set"}}},
+        "security": [{}, {"bearer": []}],
+        "paths": {**PATHS, **(paths or {})},
+    }
+
+
+class OpenApiResource:
+    def __init__(self, paths: dict | None = None, schemas: dict | None = None):
+        self.body = json.dumps(document(paths, schemas)).encode()
+
+    async def on_get(self, req, resp) -> None:
+        resp.content_type = "application/json"
+        resp.data = self.body

@@ -1,0 +1,67 @@
+"""The GPU/host health snapshot that `gpuwatch` writes and `/healthz` and the handler read.
+
+One JSON file in RUN_DIR, replaced atomically, so readers never see half a snapshot and never
+run nvidia-smi themselves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from services.gpu import nvidia_smi
+
+FILENAME = "gpu.json"
+
+
+def probe(nvidia_smi_cmd: str, timeout: float, disk_paths: list[Path]) -> dict[str, Any]:
+    snapshot: dict[str, Any] = {"checked_at": round(time.time(), 3), "host": host_stats(disk_paths)}
+    try:
+        gpus = nvidia_smi.parse_gpus(nvidia_smi.run([nvidia_smi_cmd, *nvidia_smi.QUERY_GPU[1:]], timeout))
+        apps = nvidia_smi.parse_apps(nvidia_smi.run([nvidia_smi_cmd, *nvidia_smi.QUERY_APPS[1:]], timeout))
+    except nvidia_smi.ProbeFailed as exc:
+        snapshot.update(state=exc.state, reason=exc.reason, gpus=[], apps=[])
+        return snapshot
+    except ValueError as exc:
+        snapshot.update(state="unknown", reason=f"unreadable nvidia-smi output: {exc}", gpus=[], apps=[])
+        return snapshot
+    problems = [f"GPU {g.index}: {p}" for g in gpus for p in g.problems()]
+    snapshot.update(state="degraded" if problems else ("ok" if gpus else "absent"),
+                    reason="; ".join(problems) if problems else ("" if gpus else "no GPU listed"),
+                    gpus=[g.as_dict() for g in gpus], apps=[a.__dict__ for a in apps])
+    return snapshot
+
+
+def host_stats(disk_paths: list[Path]) -> dict[str, Any]:
+    memory = psutil.virtual_memory()
+    disks = {}
+    for path in disk_paths:
+        try:
+            usage = psutil.disk_usage(str(path))
+        except OSError:
+            continue
+        disks[str(path)] = {"free": usage.free, "total": usage.total}
+    return {"cpu_percent": psutil.cpu_percent(interval=None), "ram_total": memory.total,
+            "ram_available": memory.available, "disks": disks}
+
+
+def write(run_dir: Path, snapshot: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{FILENAME}.{os.getpid()}"
+    tmp.write_text(json.dumps(snapshot))
+    os.replace(tmp, run_dir / FILENAME)
+
+
+def read(run_dir: Path, max_age: float) -> dict[str, Any]:
+    """The last snapshot, or `unknown` when there is none or it is older than `max_age`."""
+    try:
+        snapshot = json.loads((run_dir / FILENAME).read_text())
+    except (OSError, ValueError):
+        return {"state": "unknown", "reason": "gpuwatch has not reported yet"}
+    if time.time() - snapshot.get("checked_at", 0) > max_age:
+        snapshot = {**snapshot, "state": "unknown", "reason": "gpuwatch report is stale"}
+    return snapshot

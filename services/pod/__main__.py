@@ -1,0 +1,37 @@
+"""`python -m services.pod`: start Pod mode (LAUNCH_MODE=api) under supervisord.
+
+Validates the settings first (a wrong value stops here with one line), creates the folders,
+exports the values etc/supervisord.conf expands (`%(ENV_...)s`), then execs supervisord in the
+foreground, so in the container it is PID 1's direct child (or PID 1) and reaps zombies.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from services import config
+
+DEFAULT_CONF = config.REPO_ROOT / "etc" / "supervisord.conf"
+
+
+def supervisor_env(settings: config.Settings) -> dict[str, str]:
+    return {"APPLIANCE_PYTHON": sys.executable, "LOG_DIR": str(settings.log_dir),
+            "RUN_DIR": str(settings.run_dir), "DATA_ROOT": str(settings.data_root),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(config.REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.pod", description=__doc__)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONF, help="supervisord config file")
+    args = parser.parse_args(argv)
+    settings = config.load_or_exit()
+    for folder in (settings.log_dir, settings.run_dir, settings.data_root, args.config.parent.parent / ".run"):
+        folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **supervisor_env(settings), "LAUNCH_MODE": "api"}
+    os.execve(sys.executable, [sys.executable, "-m", "supervisor.supervisord", "-c", str(args.config)], env)
+
+
+if __name__ == "__main__":
+    main()

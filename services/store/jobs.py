@@ -1,0 +1,137 @@
+"""Jobs accepted by the Pod API: durable from the moment `/run` answers.
+
+A row moves queued -> running -> succeeded | failed | cancelled. The payload is kept as
+received (an encrypted envelope stays encrypted at rest) so that a job whose worker died can be
+run again by another one; its `prompt_id`, once known, lets the new worker resume waiting on
+the prompt ComfyUI is still running instead of submitting it twice.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from services.store import leases
+from services.store.db import Database
+
+LEASE_SECONDS = 15.0
+MAX_ATTEMPTS = 3
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    state: str
+    payload: str
+    version_id: str | None
+    prompt_id: str | None
+    progress: float
+    result: str | None
+    error: str | None
+    detail: str | None
+    owner: str | None
+    attempts: int
+    cancel_requested: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        view: dict[str, Any] = {"job_id": self.id, "state": self.state, "progress": self.progress,
+                                "version_id": self.version_id, "prompt_id": self.prompt_id,
+                                "created_at": self.created_at, "started_at": self.started_at,
+                                "finished_at": self.finished_at, "attempts": self.attempts}
+        if self.result is not None:
+            view["result"] = json.loads(self.result)
+        if self.error is not None:
+            view["error"], view["detail"] = self.error, self.detail
+        return view
+
+
+def _job(row) -> Job:
+    return Job(**{k: row[k] for k in Job.__dataclass_fields__})
+
+
+class JobStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def create(self, payload: str, *, job_id: str | None = None, owner: str | None = None,
+               version_id: str | None = None) -> tuple[Job, bool]:
+        """Insert a job; with `owner` it starts out running (a synchronous request runs it at once).
+
+        Returns (job, created). A client-chosen `job_id` that exists already returns that job,
+        so retrying a request after a lost connection never runs it twice.
+        """
+        new_id = job_id or uuid.uuid4().hex
+        now = time.time()
+        with self.db.write() as conn:
+            existing = conn.execute("SELECT * FROM jobs WHERE id = ?", (new_id,)).fetchone()
+            if existing is not None:
+                return _job(existing), False
+            state = "running" if owner else "queued"
+            conn.execute("INSERT INTO jobs (id, state, payload, version_id, owner, heartbeat_at, attempts,"
+                         " created_at, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (new_id, state, payload, version_id, owner, now if owner else None,
+                          1 if owner else 0, now, now if owner else None))
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (new_id,)).fetchone()), True
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self.db.read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
+        if state:
+            rows = self.db.read("SELECT * FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?", (state, limit))
+        else:
+            rows = self.db.read("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_job(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.db.read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    def claim(self, owner: str) -> Job | None:
+        self._fail_exhausted()
+        row = leases.claim(self.db, "jobs", owner, LEASE_SECONDS, MAX_ATTEMPTS)
+        if row is None:
+            return None
+        if row["started_at"] is None:
+            with self.db.write() as conn:
+                conn.execute("UPDATE jobs SET started_at = ? WHERE id = ?", (time.time(), row["id"]))
+        return self.get(row["id"])
+
+    def heartbeat(self, owner: str, job_id: str, **fields) -> bool:
+        return leases.heartbeat(self.db, "jobs", owner, job_id, **fields)
+
+    def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        rows = self.db.read(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", tuple(job_ids))
+        return {r["id"] for r in rows}
+
+    def finish(self, owner: str, job_id: str, result: Any) -> bool:
+        return self._end(owner, job_id, "succeeded", result=json.dumps(result), progress=100.0)
+
+    def fail(self, owner: str, job_id: str, error: str, detail: str, state: str = "failed") -> bool:
+        return self._end(owner, job_id, state, error=error, detail=detail)
+
+    def _end(self, owner: str, job_id: str, state: str, **fields) -> bool:
+        return leases.end(self.db, "jobs", owner, job_id, state, finished_at=time.time(), **fields)
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """A queued job is cancelled at once; a running one is flagged for its worker."""
+        now = time.time()
+        with self.db.write() as conn:
+            conn.execute("UPDATE jobs SET state = 'cancelled', error = 'cancelled', detail = 'cancelled before it ran',"
+                         " finished_at = ? WHERE id = ? AND state = 'queued'", (now, job_id))
+            conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
+        return self.get(job_id)
+
+    def _fail_exhausted(self) -> None:
+        for row in leases.exhausted(self.db, "jobs", LEASE_SECONDS, MAX_ATTEMPTS):
+            self._end(row["owner"], row["id"], "failed", error="worker_lost",
+                      detail=f"the worker running this job died {row['attempts']} times")
