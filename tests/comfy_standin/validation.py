@@ -162,7 +162,7 @@ class _NodeChecker:
         # The frontend wraps list-valued widgets as {"__value__": [...]} so they don't read as links.
         if isinstance(value, dict) and "__value__" in value:
             value = inputs[name] = value["__value__"]
-        if kind in CONVERTERS:
+        if isinstance(kind, str) and kind in CONVERTERS:
             try:
                 value = inputs[name] = CONVERTERS[kind](value)
             except Exception as exc:
