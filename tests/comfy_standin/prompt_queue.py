@@ -68,7 +68,7 @@ class PromptQueue:
         """Record the finished run: `entry` holds history's outputs, status and meta."""
         with self._lock:
             item = self._running.pop(task_id)
-            if len(self._history) > MAX_HISTORY:
+            while len(self._history) >= MAX_HISTORY:
                 self._history.pop(next(iter(self._history)))
             self._history[item.prompt_id] = {"prompt": item.public(), "outputs": {}, **entry}
             self._on_change()
