@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -380,6 +381,42 @@ def test_partly_changed_prompt_reruns_only_changed_nodes(standin):
     assert again.history["outputs"]["20"] == changed_color.history["outputs"]["2"]
 
 
+def test_save_image_names_continue_after_the_highest_counter(standin):
+    folder = standin.output_dir / "named"
+    folder.mkdir()
+    (folder / "shot_00007_.png").write_bytes(b"")
+    (folder / "shot_notes.txt").write_bytes(b"")
+    prompt = image_prompt("named/shot", 0x203040)
+    prompt["1"]["inputs"]["batch_size"] = 2
+    run = run_prompt(standin, {"prompt": prompt})
+    assert run.history["outputs"]["2"]["images"] == [
+        {"filename": "shot_00008_.png", "subfolder": "named", "type": "output"},
+        {"filename": "shot_00009_.png", "subfolder": "named", "type": "output"},
+    ]
+    with Image.open(folder / "shot_00008_.png") as saved:
+        assert json.loads(saved.info["prompt"]) == prompt
+
+
+def test_prompt_without_client_id_runs_without_per_prompt_events(standin):
+    with websocket(standin, str(uuid.uuid4())) as ws:
+        receive(ws)
+        prompt_id = submit(standin, {"prompt": image_prompt("silent", 0x0F0F0F)})
+        deadline = time.monotonic() + TIMEOUT
+        while not requests.get(f"{standin.url}/history/{prompt_id}", timeout=TIMEOUT).json():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert set(types(_drain(ws))) == {"status"}
+    assert history_of(standin, prompt_id)["status"]["status_str"] == "success"
+
+
+def test_feature_flags_handshake(standin):
+    with websocket(standin, str(uuid.uuid4())) as ws:
+        receive(ws)
+        ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+        assert receive(ws) == {"type": "feature_flags",
+                               "data": {"supports_preview_metadata": True, "max_upload_size": 100 * 1024 * 1024}}
+
+
 def test_free_memory_empties_the_cache(standin):
     prompt = image_prompt("freed", 0x0A0B0C)
     run_prompt(standin, {"prompt": prompt})
@@ -705,8 +742,10 @@ def test_flags_of_a_real_launcher_are_accepted(tmp_path):
         run_prompt(standin, {"prompt": image_prompt("plain", 9)})
         with Image.open(standin.output_dir / "plain_00001_.png") as saved:
             assert "prompt" not in saved.info
+        standin.proc.send_signal(signal.SIGINT)
+        assert standin.proc.wait(TIMEOUT) == 0
     finally:
-        assert standin.stop() == 0
+        standin.stop()
     log = standin.log()
     assert "ignores unknown arguments: --front-end-root /nowhere --some-future-flag" in log
     assert f"To see the GUI go to: http://127.0.0.1:{standin.port}" in log

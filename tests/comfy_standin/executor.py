@@ -100,7 +100,7 @@ class PromptExecutor:
         self.disable_metadata = disable_metadata
         self.cache = OutputCache()
         # Node instances live across prompts per node id, e.g. PreviewImage keeps its file suffix.
-        self.instances: dict[tuple[str, str], Node] = {}
+        self._instances: dict[tuple[str, str], Node] = {}
         self._interrupt = threading.Event()
         # Read by the websocket handler to re-send the current node to a reconnecting client.
         self.client_id: str | None = None
@@ -112,7 +112,16 @@ class PromptExecutor:
     def reset(self) -> None:
         """Forget cached outputs (`/free` with free_memory)."""
         self.cache.clear()
-        self.instances.clear()
+        self._instances.clear()
+
+    def instance(self, node_id: str, node_type: type[Node]) -> Node:
+        key = (node_id, node_type.name)
+        if key not in self._instances:
+            self._instances[key] = node_type()
+        return self._instances[key]
+
+    def keep_instances_of(self, prompt: dict) -> None:
+        self._instances = {key: node for key, node in self._instances.items() if key[0] in prompt}
 
     def execute(self, item: QueueItem) -> RunRecord:
         self._interrupt.clear()
@@ -163,7 +172,7 @@ class _Run:
         cache = self.ex.cache
         self.add_message("execution_start", {"prompt_id": prompt_id})
         cache.set_prompt(self.prompt, self.fingerprint)
-        self.ex.instances = {key: node for key, node in self.ex.instances.items() if key[0] in self.prompt}
+        self.ex.keep_instances_of(self.prompt)
         cached = [node_id for node_id in self.prompt if cache.get(node_id) is not None]
         self.add_message("execution_cached", {"nodes": cached, "prompt_id": prompt_id})
 
@@ -226,7 +235,7 @@ class _Run:
                 self.ex.last_node_id = node_id
             self.to_client("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})
             self.ex.check_interrupt()
-            result = self.instance(node_id, node_type).run(self.context(node_id), **inputs)
+            result = self.ex.instance(node_id, node_type).run(self.context(node_id), **inputs)
         except Interrupted:
             raise
         except Exception as error:
@@ -238,12 +247,6 @@ class _Run:
             self.to_client("executed", {"node": node_id, "display_node": node_id,
                                         "output": result.ui, "prompt_id": prompt_id})
         self.progress.finish(node_id)
-
-    def instance(self, node_id: str, node_type: type[Node]) -> Node:
-        key = (node_id, node_type.name)
-        if key not in self.ex.instances:
-            self.ex.instances[key] = node_type()
-        return self.ex.instances[key]
 
     def resolve_inputs(self, node_id: str, node_type: type[Node]) -> dict:
         """Keyword arguments for run(): linked outputs, literals, then hidden values."""
