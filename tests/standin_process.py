@@ -7,6 +7,9 @@
 Folders live under `tmp_path/comfy`: output/, input/, temp/ and models/<folder>/, i.e.
 the layout of a ComfyUI home. Its stdout and stderr go to `tmp_path/comfy/standin.log`
 (read with `.log()`), so a chatty process can never block on a full pipe.
+
+To test a launcher that runs `python COMFY_HOME/main.py ...`, `write_fake_comfy_home(dir)`
+puts a main.py there that runs the stand-in with the launcher's argv, rooted at that dir.
 """
 
 from __future__ import annotations
@@ -89,6 +92,27 @@ def standin_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+FAKE_MAIN = """\
+# Written by tests/standin_process.py: runs the ComfyUI stand-in instead of ComfyUI.
+import os
+import sys
+
+sys.path.insert(0, {repo!r})
+from tests.comfy_standin.__main__ import main
+
+# Like ComfyUI, keep models, input, output and temp next to main.py unless told otherwise.
+sys.exit(main(["--base-directory", os.path.dirname(os.path.abspath(__file__)), *sys.argv[1:]]))
+"""
+
+
+def write_fake_comfy_home(comfy_home: Path) -> Path:
+    """Make `comfy_home/main.py` start the stand-in; returns the path of main.py."""
+    comfy_home.mkdir(parents=True, exist_ok=True)
+    main_py = comfy_home / "main.py"
+    main_py.write_text(FAKE_MAIN.format(repo=str(REPO_ROOT)))
+    return main_py
 
 
 def start_standin(tmp_path: Path, *extra_args: str, port: int | None = None,

@@ -15,6 +15,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.comfy_standin.prompt_queue import MAX_HISTORY, PromptQueue, QueueItem
-from tests.standin_process import REPO_ROOT, StandinProcess, standin_command, standin_env, start_standin
+from tests.standin_process import (REPO_ROOT, StandinProcess, free_port, standin_command, standin_env,
+                                   start_standin, write_fake_comfy_home)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfy"
 JSON_TYPE = "application/json; charset=utf-8"
@@ -631,7 +633,7 @@ def test_system_stats_match_recording_with_own_python_and_argv(standin):
     stats = requests.get(standin.url + "/system_stats", timeout=TIMEOUT).json()
     assert_same_shape(recording("system_stats.json"), stats)
     assert stats["system"]["comfyui_version"] == "0.3.64"
-    assert stats["system"]["python_version"] == __import__("sys").version
+    assert stats["system"]["python_version"] == sys.version
     assert stats["system"]["argv"][1:] == standin.proc.args[3:]
     assert stats["devices"][0]["type"] == "cpu"
 
@@ -756,3 +758,29 @@ def test_port_in_use_exits_with_error(standin, tmp_path):
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0
     assert "address already in use" in (result.stdout + result.stderr).lower()
+
+
+def test_fake_comfy_home_runs_the_standin_with_the_launchers_argv(tmp_path):
+    home = tmp_path / "ComfyUI"
+    main_py = write_fake_comfy_home(home)
+    (home / "models" / "checkpoints").mkdir(parents=True)
+    (home / "models" / "checkpoints" / "model.safetensors").write_bytes(b"x")
+    port = free_port()
+    argv = [str(main_py), "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
+    log_path = tmp_path / "comfy.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=tmp_path,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    standin = StandinProcess(proc, port, home, log_path)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "To see the GUI go to" not in standin.log():
+            assert proc.poll() is None and time.monotonic() < deadline, standin.log()
+            time.sleep(0.05)
+        stats = requests.get(standin.url + "/system_stats", timeout=TIMEOUT).json()
+        assert stats["system"]["argv"] == argv
+        assert requests.get(standin.url + "/models/checkpoints", timeout=TIMEOUT).json() == ["model.safetensors"]
+        run_prompt(standin, {"prompt": image_prompt("home", 1)})
+        assert (home / "output" / "home_00001_.png").is_file()
+    finally:
+        assert standin.stop() == 0
