@@ -92,7 +92,6 @@ def _paths(args: argparse.Namespace) -> Paths:
     for config_file in itertools.chain(*args.extra_model_paths_config):
         _add_extra_model_dirs(config_file, model_dirs)
     return Paths(
-        base=base,
         output=os.path.abspath(args.output_directory or os.path.join(base, "output")),
         input=os.path.abspath(args.input_directory or os.path.join(base, "input")),
         temp=os.path.join(os.path.abspath(args.temp_directory or base), "temp"),

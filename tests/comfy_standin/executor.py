@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 from .cache import CacheEntry, OutputCache
 from .files import Paths
 from .graph import ExecutionOrder
-from .nodes import Interrupted, Node, NodeResult, RunContext
+from .nodes import Interrupted, Node, RunContext
 from .prompt_queue import PromptQueue, QueueItem
 from .validation import full_type_name
 

@@ -38,7 +38,6 @@ class Refused(Exception):
 class Paths:
     """Absolute directories of one stand-in instance."""
 
-    base: str
     output: str
     input: str
     temp: str

@@ -74,7 +74,7 @@ class SocketHub:
             for ws in filter(None, targets):
                 try:
                     await ws.send_str(text)
-                except (ConnectionError, RuntimeError) as error:
+                except ConnectionError as error:  # the client went away mid-send
                     log.warning("send error: %s", error)
 
     async def close_all(self) -> None:
