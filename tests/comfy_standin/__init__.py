@@ -16,6 +16,7 @@ Modules, one job each:
   cache          outputs cached by input signature
   validation     /prompt validation and its error shapes
   nodes          node base class and /object_info entries
+  registry       all node classes by class_type
   image_nodes    EmptyImage, ImageInvert, LoadImage, SaveImage, PreviewImage, SaveAnimated*
   model_nodes    SD1.5 txt2img nodes: validated for real, run without models
   standin_nodes  test-only StandinSleep, StandinRaise, StandinExit

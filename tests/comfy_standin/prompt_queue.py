@@ -24,7 +24,7 @@ class QueueItem:
     prompt: dict
     extra_data: dict
     outputs: list[str]
-    # Keys such as API tokens: given to the run, never shown in /queue or /history.
+    # Credentials taken out of extra_data so that /queue and /history never show them.
     sensitive: dict
 
     def public(self) -> list:
