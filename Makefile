@@ -16,9 +16,11 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q
 
-# The same suite against a real ComfyUI checkout: COMFYUI_DIR=/path/to/ComfyUI [COMFYUI_PYTHON=...]
+# The ComfyUI-facing tests against a real ComfyUI checkout instead of the stand-in:
+#   make test-real COMFYUI_DIR=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/its/python]
 test-real: venv
-	$(PY) -m pytest -q -m real_comfy
+	test -n "$(COMFYUI_DIR)" || { echo "set COMFYUI_DIR=/path/to/ComfyUI"; exit 2; }
+	COMFYUI_DIR="$(COMFYUI_DIR)" $(PY) -m pytest -q -m comfy
 
 bench: venv
 	$(PY) bench/overhead.py

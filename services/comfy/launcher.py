@@ -149,7 +149,7 @@ class ComfyLauncher:
                 "--listen", self.host, "--port", str(self.port),
                 "--extra-model-paths-config", str(self.run_dir / "extra_model_paths.yaml"),
                 "--output-directory", str(io / "output"), "--input-directory", str(io / "input"),
-                "--temp-directory", str(io / "temp"), "--user-directory", str(io / "user"),
+                "--temp-directory", str(io), "--user-directory", str(io / "user"),
                 "--disable-auto-launch", *self.extra_args]
 
     def _fail(self, reason: str, detail: str) -> AppError:
