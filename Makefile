@@ -13,6 +13,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed
 
+# Pod mode on loopback with local defaults (base64 output, data under .data/).
+run: venv
+	$(PY) -m services.pod
+
 test: venv
 	$(PY) -m pytest -q
 
