@@ -206,6 +206,16 @@ SETTINGS: tuple[Setting, ...] = (
             "`1`: refuse plaintext payloads with `encryption_required`.", group="security"),
     Setting("hf_token", ("HF_TOKEN",), parse_str, "", "", "Token sent to Hugging Face hosts only.", secret=True, group="models"),
     Setting("civitai_token", ("CIVITAI_TOKEN",), parse_str, "", "", "Token sent to Civitai hosts only.", secret=True, group="models"),
+    # --- versions ---
+    Setting("versions_base_python", ("VERSIONS_BASE_PYTHON",), parse_path, _same("comfy_python"), _same("comfy_python"),
+            "Interpreter whose environment (torch and the other heavy packages) every installed version's "
+            "virtualenv is layered over.", group="versions"),
+    Setting("versions_pip_args", ("VERSIONS_PIP_ARGS",), parse_list, (), (),
+            "Extra pip arguments for version installs, space separated (e.g. `--no-index --find-links /wheels`).",
+            group="versions"),
+    Setting("versions_lock_timeout", ("VERSIONS_LOCK_TIMEOUT",), parse_seconds, 1800.0, 1800.0,
+            "Seconds an installer waits for another installer of the same version before `version_busy`.",
+            group="versions"),
     Setting("log_silent", ("LOG_SILENT",), parse_bool, False, False,
             "`1`: suppress informational logs (errors are still written).", group="logs"),
     Setting("log_level", ("LOG_LEVEL",), choice("debug", "info", "warning", "error"), "info", "info",
