@@ -67,10 +67,10 @@ def fingerprint(spec: VersionSpec, settings) -> str:
 
 
 def state(spec: VersionSpec, settings) -> str:
-    """`installed` (matches the spec), `outdated` (installed from another spec) or `absent`."""
+    """`installed` (matches the spec), `outdated` (installed from another spec) or `available`."""
     lock = Layout.of(settings.versions_root, spec.id).tree.read_lock()
     if lock is None:
-        return "absent"
+        return "available"
     return "installed" if lock.get("fingerprint") == fingerprint(spec, settings) else "outdated"
 
 
@@ -194,7 +194,7 @@ class _Builder:
                 "version": base.version,
                 "base_site_dirs": list(base.site_dirs),
                 "requested": requested,
-                "packages": pyenv.packages([pyenv.site_packages(self.tree.venv_dir, base)]),
+                "packages": pyenv.packages([pyenv.site_packages(self.tree.venv_dir, base.version)]),
                 "base_packages": base_packages,
                 "base_overrides": [str(o) for o in overrides],
             },

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.versions.spec import check_version_id
+from services.versions.spec import VERSION_ID_RE, check_version_id
 
 LOCK_FILE = "version.lock.json"
 
@@ -82,7 +82,7 @@ class Layout:
 
 
 def installed_ids(root: Path) -> list[str]:
-    """Folders under the root that look like versions (finished or not: see Tree.read_lock)."""
+    """Folders under the root named like versions (finished or not: see Tree.read_lock)."""
     if not Path(root).is_dir():
         return []
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and VERSION_ID_RE.match(p.name))

@@ -73,14 +73,14 @@ class Override:
         return f"{self.name} {self.base_version} -> {self.new_version}"
 
 
-def site_packages(venv_dir: Path, base: BaseEnv) -> Path:
-    return venv_dir / "lib" / f"python{base.version}" / "site-packages"
+def site_packages(venv_dir: Path, python_version: str) -> Path:
+    return venv_dir / "lib" / f"python{python_version}" / "site-packages"
 
 
 def create(venv_dir: Path, base: BaseEnv) -> None:
     proc.run([base.python, "-m", "venv", "--without-pip", venv_dir])
     lines = [f"import site; site.addsitedir({d!r})" for d in base.site_dirs]
-    (site_packages(venv_dir, base) / PTH_NAME).write_text("\n".join(lines) + "\n")
+    (site_packages(venv_dir, base.version) / PTH_NAME).write_text("\n".join(lines) + "\n")
 
 
 def plan(python: Path, requirements_file: Path, pip_args: Sequence[str]) -> list[tuple[str, str]]:
