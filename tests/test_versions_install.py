@@ -26,7 +26,7 @@ from services.versions.layout import Layout
 from services.versions.registry import list_versions
 from services.versions.spec import SpecStore
 from services.versions.verify import verify
-from tests.http_server import LocalServer
+from tests.http_server import LocalServer, send
 from tests.versions_support import World, file_url, git, write_spec
 
 PY = sys.executable
@@ -234,17 +234,37 @@ def wait_for(predicate, timeout=20.0, what="condition"):
         time.sleep(0.01)
 
 
+def stalled_index(server: LocalServer, wheels: Path, release: threading.Event) -> str:
+    """A find-links page that answers only once `release` is set: pip waits on it meanwhile."""
+    def page(req):
+        release.wait(30)
+        links = "".join(f'<a href="{w.name}">{w.name}</a>' for w in wheels.glob("*.whl"))
+        send(req, 200, links.encode(), "text/html")
+
+    server.route("/", page)
+    for wheel in wheels.glob("*.whl"):
+        server.route(f"/{wheel.name}", lambda req, data=wheel.read_bytes(): send(req, 200, data))
+    return f"--no-index --find-links {server.url}/"
+
+
 def test_two_installers_of_one_version_one_builds_the_other_waits_and_finds_it_done(world, settings, tmp_path):
     write_spec(settings.versions_dir, "raced", (file_url(world.comfy), world.comfy_v1), nodes=[node(world)])
-    layout = layout_of(settings, "raced")
-    first = cli("install", "raced", env=world.env(tmp_path))
-    wait_for(lambda: version_lock.is_held(layout), what="the first installer to take the lock")
-    second = cli("install", "raced", env=world.env(tmp_path))
-    results = []
-    for proc in (first, second):
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        results.append(json.loads(out))
+    release = threading.Event()
+    with LocalServer() as index:
+        env = world.env(tmp_path, VERSIONS_PIP_ARGS=stalled_index(index, world.wheels, release))
+        first = cli("install", "raced", env=env)
+        wait_for(lambda: index.hits, what="the first installer to reach pip")
+        second = cli("install", "raced", env=env)
+        # The second installer says it waits for the lock; only then may the first finish.
+        for line in second.stderr:
+            if json.loads(line)["event"] == "version_lock_wait":
+                break
+        release.set()
+        results = []
+        for proc in (first, second):
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            results.append(json.loads(out))
     assert [r["built"] for r in results] == [True, False]
     assert results[1]["waited"] is True
     assert results[0]["custom_nodes"] == results[1]["custom_nodes"] == {"hello": world.node_v1}
@@ -256,10 +276,8 @@ def test_an_installer_killed_mid_install_leaves_no_version_and_the_next_one_star
     layout = layout_of(settings, "killed")
     release = threading.Event()
     with LocalServer() as index:
-        # pip asks this "package index" for its links and gets no answer: the install is
-        # stuck in pip when it is killed.
-        index.route("/", lambda req: release.wait(30))
-        env = world.env(tmp_path, VERSIONS_PIP_ARGS=f"--no-index --find-links {index.url}/")
+        # pip waits on the index when the installer is killed: the install is half done.
+        env = world.env(tmp_path, VERSIONS_PIP_ARGS=stalled_index(index, world.wheels, release))
         installer = cli("install", "killed", env=env)
         wait_for(lambda: index.hits, what="pip to ask the index")
         builds = list(layout.work_dir.iterdir())
