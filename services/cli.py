@@ -12,16 +12,15 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from services import logs
-from services.comfy.client import ComfyClient, Progress
-from services.comfy.launcher import json_line_sink
 from services.config import Settings
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
 from services.versions.spec import SpecStore
-from services.versions.switch import VersionedComfy
+
+if TYPE_CHECKING:
+    from services.comfy.client import Progress
 
 
 def add_run_parser(sub) -> None:
@@ -52,6 +51,12 @@ def _progress_printer():
 
 
 async def _run(args, settings: Settings) -> dict:
+    # Imported here so that the other commands (`versions`, `settings`) start without aiohttp.
+    from services.comfy.client import ComfyClient
+    from services.comfy.launcher import json_line_sink
+    from services.jobs.runner import FixedComfy, JobRunner
+    from services.versions.switch import VersionedComfy
+
     try:
         workflow_text = args.workflow.read_text(encoding="utf-8")
     except OSError as exc:
