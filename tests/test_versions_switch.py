@@ -11,12 +11,14 @@ import asyncio
 import psutil
 import pytest
 
+from services.config import REPO_ROOT, Settings
 from services.errors import AppError
 from services.jobs.runner import JobRunner
 from services.versions.install import install, state
 from services.versions.layout import Layout
 from services.versions.spec import SpecStore
 from services.versions.switch import Runtime, VersionedComfy, resolve
+from services.versions.verify import verify
 from tests.standin_process import free_port
 from tests.versions_support import World, file_url, write_spec
 
@@ -230,3 +232,43 @@ def test_jobs_switch_the_real_comfyui_between_installed_versions(installed):
             await provider.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.real_comfy
+def test_a_real_comfyui_tree_installs_as_a_version_and_answers_a_job(tmp_path):
+    """Opt-in (`make test-real`): COMFYUI_DIR is a real ComfyUI checkout, COMFYUI_PYTHON a python
+    with torch (the base environment). Its tree is committed to a local repository (a checkout
+    may lack large blobs, so it cannot always be fetched from) and installed like any version:
+    ComfyUI's own requirements.txt is resolved against the base, then the job runs on CPU."""
+    import os
+    import shutil
+    import sys
+
+    from tests.versions_support import commit
+
+    comfy_dir = os.environ.get("COMFYUI_DIR")
+    if not comfy_dir:
+        pytest.skip("COMFYUI_DIR is not set")
+    repo = tmp_path / "ComfyUI"
+    shutil.copytree(comfy_dir, repo, ignore=shutil.ignore_patterns(".git", "__pycache__", "output", "temp", "user"))
+    pinned = commit(repo, {}, "real ComfyUI tree")
+    demo = SpecStore(REPO_ROOT / "versions").load("demo")
+    write_spec(tmp_path / "versions", "real", (file_url(repo), pinned), args=["--cpu"])
+    settings = Settings.from_env({"DATA_ROOT": str(tmp_path / "data"), "VERSIONS_DIR": str(tmp_path / "versions"),
+                                  "VERSIONS_BASE_PYTHON": os.environ.get("COMFYUI_PYTHON", sys.executable),
+                                  "COMFY_PORT": str(free_port()), "LOG_LEVEL": "warning"})
+    specs = specs_of(settings)
+    install(specs.load("real"), settings)
+
+    async def job():
+        provider = VersionedComfy(settings)
+        runner = JobRunner(settings, specs, provider)
+        try:
+            return await runner.run({"version_id": "real", "workflow": demo.workflow})
+        finally:
+            await runner.close()
+            await provider.close()
+
+    result = asyncio.run(job())
+    assert result["comfy_version"] == "real" and result["outputs"][0]["filename"].startswith("demo")
+    assert verify(specs.load("real"), settings)["ok"]

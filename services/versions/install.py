@@ -175,6 +175,8 @@ class _Builder:
         spec = self.spec
         self._step("comfyui", lambda: self._checkout(spec.comfyui.repo, spec.comfyui.commit,
                                                      self.tree.comfy_dir, "comfyui_fetch", "comfyui_commit"))
+        # ComfyUI exits at start-up without this folder, and git keeps no empty folders.
+        (self.tree.comfy_dir / "custom_nodes").mkdir(exist_ok=True)
         for node in spec.custom_nodes:
             self._step(f"node:{node.name}", lambda n=node: self._checkout(
                 n.repo, n.commit, self.tree.node_dir(n.name), f"node_fetch:{n.name}", f"node_commit:{n.name}"))

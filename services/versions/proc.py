@@ -17,6 +17,7 @@ from typing import Sequence
 
 _PR_SET_PDEATHSIG = 1
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # git's sideband leaves NULs and \r in its output
 _TAIL_CHARS = 600
 
 try:
@@ -58,5 +59,5 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, st
     out = done.stdout.decode("utf-8", "replace")
     if done.returncode != 0:
         text = (done.stderr.decode("utf-8", "replace") or out).strip()
-        raise ToolFailed(done.returncode, mask(text[-_TAIL_CHARS:]))
+        raise ToolFailed(done.returncode, mask(_CONTROL.sub("", text[-_TAIL_CHARS:])))
     return out
