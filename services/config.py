@@ -136,7 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_root", ("DATA_ROOT",), parse_path, REPO_ROOT / ".data", Path("/workspace"),
             "Root of everything the appliance writes (on a Pod: the volume, e.g. `/runpod-volume`).", group="paths"),
     Setting("comfy_home", ("COMFY_HOME",), parse_path, _under("data_root", "ComfyUI"), _under("data_root", "ComfyUI"),
-            "Root of the ComfyUI environment to run (`main.py` inside). Pins no version by itself.", group="paths"),
+            "A ComfyUI checkout (`main.py` inside) to run for every job, whatever version it names "
+            "(developer mode: no install, no switching). Unset, each job runs its installed version.", group="paths"),
     Setting("comfy_cache_root", ("COMFY_CACHE_ROOT",), parse_path, _same("data_root"), _same("data_root"),
             "Root of the shared, verified model cache; models live in `COMFY_CACHE_ROOT/models/<type>/`.", group="paths"),
     Setting("models_dir", ("MODELS_DIR", "COMFYUI_MODEL_DIR"), parse_path,
@@ -157,7 +158,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_dir", ("LOG_DIR",), parse_path, _under("data_root", "logs"), _under("data_root", "logs"),
             "Rotated log files of every program.", group="paths"),
     Setting("comfy_python", ("COMFY_PYTHON",), parse_path, Path(sys.executable), Path(sys.executable),
-            "Interpreter that runs ComfyUI's `main.py` (locally ComfyUI usually has its own virtualenv).", group="comfy"),
+            "Interpreter that runs `COMFY_HOME`'s `main.py` in developer mode (installed versions use their own "
+            "virtualenv).", group="comfy"),
     Setting("comfy_host", ("COMFY_HOST",), parse_str, "127.0.0.1", "127.0.0.1",
             "Address ComfyUI listens on. Keep it loopback: ComfyUI has no authentication.", group="comfy"),
     Setting("comfy_port", ("COMFY_PORT",), parse_port, 8188, 8188, "Port ComfyUI listens on.", group="comfy"),

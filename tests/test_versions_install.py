@@ -209,6 +209,16 @@ def test_git_faults_name_what_failed_and_leave_nothing(world, settings, tmp_path
     assert_nothing_half_built(settings, "bad")
 
 
+def test_a_base_python_that_does_not_run_fails_the_venv_step(world, tmp_path):
+    settings = world.settings(tmp_path, VERSIONS_BASE_PYTHON=str(tmp_path / "no-python"))
+    write_spec(settings.versions_dir, "nobase", (file_url(world.comfy), world.comfy_v1))
+    with pytest.raises(AppError) as failed:
+        install(spec_of(settings, "nobase"), settings)
+    assert failed.value.code == "version_install_failed:nobase:venv"
+    assert "no-python" in failed.value.detail
+    assert_nothing_half_built(settings, "nobase")
+
+
 @pytest.mark.parametrize("bad_id", ["a/b", "..", "../escape", "a/../b", ".hidden"])
 def test_version_ids_with_slashes_or_dots_are_refused_before_any_path_is_made(world, settings, tmp_path, bad_id):
     with pytest.raises(AppError) as refused:

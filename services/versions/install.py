@@ -106,6 +106,7 @@ def remove(version_id: str, settings) -> dict[str, Any]:
                            suffix=version_id)
         _clear(layout.work_dir)
         _discard(layout.tree.path, layout.work_dir)
+        layout.work_dir.rmdir()
     log.info("version_removed", version_id=version_id)
     return {"version_id": version_id, "removed": str(layout.tree.path)}
 

@@ -3,9 +3,11 @@
     <root>/<id>/ComfyUI/                    ComfyUI at the pinned commit
     <root>/<id>/ComfyUI/custom_nodes/<n>/   each custom node at its pinned commit
     <root>/<id>/venv/                       the version's virtualenv, layered over the base one
+    <root>/<id>/requirements.txt            what pip was asked for (ComfyUI's, the nodes', the spec's)
     <root>/<id>/version.lock.json           what was installed; written last, so its presence
                                             inside <id>/ means the build finished
-    <root>/.<id>.lock                       the installers' lock file
+    <root>/.<id>.lock                       the installers' lock file (kept: deleting a lock file
+                                            others may hold is how flock locks get lost)
     <root>/.work/<id>/                      builds in progress and replaced trees; whatever is
                                             here while one holds the lock belongs to a dead
                                             installer
