@@ -219,6 +219,15 @@ def test_a_base_python_that_does_not_run_fails_the_venv_step(world, tmp_path):
     assert_nothing_half_built(settings, "nobase")
 
 
+def test_a_versions_root_that_cannot_be_written_is_an_error_code_not_a_traceback(world, tmp_path):
+    settings = world.settings(tmp_path, VERSIONS_ROOT=str(tmp_path / "a-file"))
+    settings.versions_root.write_text("not a folder")
+    write_spec(settings.versions_dir, "nowhere", (file_url(world.comfy), world.comfy_v1))
+    with pytest.raises(AppError) as failed:
+        install(spec_of(settings, "nowhere"), settings)
+    assert failed.value.code == "version_install_failed:nowhere:filesystem"
+
+
 @pytest.mark.parametrize("bad_id", ["a/b", "..", "../escape", "a/../b", ".hidden"])
 def test_version_ids_with_slashes_or_dots_are_refused_before_any_path_is_made(world, settings, tmp_path, bad_id):
     with pytest.raises(AppError) as refused:

@@ -82,11 +82,15 @@ def install(spec: VersionSpec, settings) -> InstallResult:
     lock = _matching_lock(layout, wanted)
     built = waited = False
     if lock is None:
-        with installer_lock(layout, settings.versions_lock_timeout) as waited:
-            lock = _matching_lock(layout, wanted)
-            if lock is None:
-                lock = _build_and_swap(spec, settings, layout, wanted)
-                built = True
+        try:
+            with installer_lock(layout, settings.versions_lock_timeout) as waited:
+                lock = _matching_lock(layout, wanted)
+                if lock is None:
+                    lock = _build_and_swap(spec, settings, layout, wanted)
+                    built = True
+        except OSError as exc:  # a full disk, a read-only volume: a code, not a traceback
+            raise AppError("version_install_failed", f"{exc.strerror}: {exc.filename or layout.root}",
+                           suffix=f"{spec.id}:filesystem") from None
     problems = check_models(spec, settings)
     if problems:
         names = ", ".join(f"{p['model']} ({p['problem']})" for p in problems)
