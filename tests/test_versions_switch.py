@@ -184,6 +184,28 @@ def test_a_failed_auto_install_leaves_the_running_version_running(installed):
     asyncio.run(scenario())
 
 
+def test_a_running_version_whose_spec_changed_is_reinstalled_once_its_jobs_are_done(installed):
+    world, _ = installed
+    settings = make_settings(installed, AUTO_INSTALL_VERSIONS="1")
+    write_spec(settings.versions_dir, "edited", (file_url(world.comfy), world.comfy_v1))
+    specs = specs_of(settings)
+
+    async def scenario():
+        provider, events = fake_provider(settings)
+        await provider.client_for(specs.load("edited"))
+        write_spec(settings.versions_dir, "edited", (file_url(world.comfy), world.comfy_v2))
+        edited = specs.load("edited")
+        second = asyncio.create_task(provider.client_for(edited))
+        await settle()
+        assert not second.done()               # its folder is not replaced under a running job
+        provider.release()
+        await second
+        assert events == [("start", "edited"), ("stop", "edited"), ("start", "edited")]
+        assert state(edited, settings) == "installed"
+
+    asyncio.run(scenario())
+
+
 def test_developer_mode_runs_comfy_home_for_every_version_without_switching(installed, tmp_path):
     settings = make_settings(installed, COMFY_HOME=str(tmp_path / "ComfyUI"))
     specs = specs_of(settings)

@@ -98,36 +98,39 @@ class VersionedComfy:
     async def client_for(self, spec: VersionSpec) -> ComfyClient:
         """A ready client of ComfyUI running this version; pair every call with `release()`."""
         runtime = resolve(spec, self.settings)
-        ready = self._installed(spec, runtime)
-        if not ready and not self.settings.auto_install_versions:
+        if not self.settings.auto_install_versions and not self._installed(spec, runtime):
             raise AppError("version_not_installed", f"version {spec.id} is not installed (or its spec changed "
                            "since); run `python -m services versions install " + spec.id + "` or set "
                            "AUTO_INSTALL_VERSIONS=1", suffix=spec.id)
         ticket = object()
         self._queue.append((ticket, runtime))
         try:
-            while not self._may_go(ticket, runtime, ready):
-                await self._changed.wait()
+            must_switch = await self._turn(ticket, spec, runtime)
         finally:
             self._queue.remove((ticket, runtime))
             self._notify()
-        if self._running == runtime and self._installed(spec, runtime):
-            self._leases += 1
-        else:
+        if must_switch:
             await self._switch(spec, runtime)
+        else:
+            self._leases += 1
         try:
             return await self._comfy.client_for(spec)  # starts it, or restarts it after a crash
         except BaseException:
             self.release()
             raise
 
-    def _may_go(self, ticket: object, runtime: Runtime, ready: bool) -> bool:
-        if self._switching:
-            return False
-        position = next(i for i, (t, _) in enumerate(self._queue) if t is ticket)
-        if ready and self._running == runtime:
-            return all(queued == runtime for _, queued in self._queue[:position])
-        return position == 0 and self._leases == 0
+    async def _turn(self, ticket: object, spec: VersionSpec, runtime: Runtime) -> bool:
+        """Wait until the job may use ComfyUI; True when it must switch it first."""
+        while True:
+            if not self._switching:
+                position = next(i for i, (t, _) in enumerate(self._queue) if t is ticket)
+                # Share the running ComfyUI unless a job queued earlier waits for another one.
+                if (self._running == runtime and all(r == runtime for _, r in self._queue[:position])
+                        and self._installed(spec, runtime)):
+                    return False
+                if position == 0 and self._leases == 0:
+                    return True
+            await self._changed.wait()
 
     async def _switch(self, spec: VersionSpec, runtime: Runtime) -> None:
         """Runs with no job in flight; other jobs wait until it ends."""
