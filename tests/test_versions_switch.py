@@ -19,7 +19,6 @@ from services.versions.layout import Layout
 from services.versions.spec import SpecStore
 from services.versions.switch import Runtime, VersionedComfy, resolve
 from services.versions.verify import verify
-from tests.standin_process import free_port
 from tests.versions_support import World, file_url, write_spec
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -42,7 +41,13 @@ def installed(tmp_path_factory):
 
 def make_settings(installed, **env):
     world, root = installed
-    return world.settings(root, COMFY_PORT=str(free_port()), COMFY_START_TIMEOUT="30", **env)
+    return world.settings(root, COMFY_START_TIMEOUT="30", **env)
+
+
+def with_free_port(settings):
+    """For the tests that start a real ComfyUI (the stand-in); the others never bind a port."""
+    from tests.standin_process import free_port
+    return settings.replace(comfy_port=free_port())
 
 
 class FakeComfy:
@@ -224,7 +229,7 @@ def test_developer_mode_runs_comfy_home_for_every_version_without_switching(inst
 
 
 def test_jobs_switch_the_real_comfyui_between_installed_versions(installed):
-    settings = make_settings(installed)
+    settings = with_free_port(make_settings(installed))
     specs = specs_of(settings)
     layout = {v: Layout.of(settings.versions_root, v).tree for v in ("one", "two")}
 
@@ -278,7 +283,8 @@ def test_a_real_comfyui_tree_installs_as_a_version_and_answers_a_job(tmp_path):
     write_spec(tmp_path / "versions", "real", (file_url(repo), pinned), args=["--cpu"])
     settings = Settings.from_env({"DATA_ROOT": str(tmp_path / "data"), "VERSIONS_DIR": str(tmp_path / "versions"),
                                   "VERSIONS_BASE_PYTHON": os.environ.get("COMFYUI_PYTHON", sys.executable),
-                                  "COMFY_PORT": str(free_port()), "LOG_LEVEL": "warning"})
+                                  "LOG_LEVEL": "warning"})
+    settings = with_free_port(settings)
     specs = specs_of(settings)
     install(specs.load("real"), settings)
 
