@@ -28,6 +28,7 @@ test-real: venv
 
 bench: venv
 	$(PY) bench/overhead.py
+	$(PY) bench/versions.py
 
 clean:
 	rm -rf .data .pytest_cache

@@ -1,6 +1,7 @@
 """`python -m services <command>`: the appliance's command line.
 
 run       run one workflow (services/cli.py)
+versions  install, list, verify and remove version environments (services/versions/cli.py)
 settings  print the settings in effect, or README's table with --markdown
 errors    print README's error reference with --markdown
 """
@@ -18,8 +19,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     from services.cli import add_run_parser, run_command
+    from services.versions import cli as versions_cli
 
     add_run_parser(sub)
+    versions_cli.add_parser(sub)
     show = sub.add_parser("settings", help="print the settings in effect (secrets masked)")
     show.add_argument("--markdown", action="store_true", help="print README's variable table instead")
     errs = sub.add_parser("errors", help="print the error reference")
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "settings":
         print(json.dumps(settings.public_dict(), indent=2))
         return 0
+    if args.command == "versions":
+        return versions_cli.run(args, settings)
     return run_command(args, settings)
 
 

@@ -1,7 +1,8 @@
 """`python -m services run`: run one workflow and print the result JSON (the seeds' `cli` mode).
 
-Without `--comfy-url` (or `COMFY_URL`) it starts ComfyUI from `COMFY_HOME` for the run and
-stops it afterwards. The result goes to stdout; progress goes to stderr as a bar when stderr
+Without `--comfy-url` (or `COMFY_URL`) it starts the job's installed version of ComfyUI (or
+the checkout at `COMFY_HOME` when that is set: see services/versions/switch.py) for the run
+and stops it afterwards. The result goes to stdout; progress goes to stderr as a bar when stderr
 is a terminal. On failure the error JSON is printed and the exit status is 1.
 """
 from __future__ import annotations
@@ -11,15 +12,15 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from services import logs
-from services.comfy.client import ComfyClient, Progress
-from services.comfy.launcher import ComfyLauncher, json_line_sink
-from services.comfy.owned import OwnedComfy
 from services.config import Settings
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
 from services.versions.spec import SpecStore
+
+if TYPE_CHECKING:
+    from services.comfy.client import Progress
 
 
 def add_run_parser(sub) -> None:
@@ -50,6 +51,12 @@ def _progress_printer():
 
 
 async def _run(args, settings: Settings) -> dict:
+    # Imported here so that the other commands (`versions`, `settings`) start without aiohttp.
+    from services.comfy.client import ComfyClient
+    from services.comfy.launcher import json_line_sink
+    from services.jobs.runner import FixedComfy, JobRunner
+    from services.versions.switch import VersionedComfy
+
     try:
         workflow_text = args.workflow.read_text(encoding="utf-8")
     except OSError as exc:
@@ -63,7 +70,7 @@ async def _run(args, settings: Settings) -> dict:
         provider = FixedComfy(ComfyClient(url))
     else:
         sink = None if settings.log_silent else json_line_sink()
-        provider = OwnedComfy(ComfyLauncher.from_settings(settings, line_sink=sink), settings.comfy_start_timeout)
+        provider = VersionedComfy(settings, line_sink=sink)
     runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
     on_progress, bar = _progress_printer()
     try:
@@ -72,13 +79,14 @@ async def _run(args, settings: Settings) -> dict:
         if bar is not None:
             bar.close()
         await runner.close()
-        await (provider.close() if isinstance(provider, OwnedComfy) else provider.client.close())
+        await (provider.close() if isinstance(provider, VersionedComfy) else provider.client.close())
 
 
-def run_command(args, settings: Settings) -> int:
-    logs.configure_from(settings)
+def emit(call: Callable[[], dict], failed: Callable[[dict], bool] = lambda result: False) -> int:
+    """Print the result JSON of `call` on stdout (status 0, or 1 when `failed` says so), or its
+    error's JSON plus a one-line message on stderr (status 1)."""
     try:
-        result = asyncio.run(_run(args, settings))
+        result = call()
     except AppError as exc:
         json.dump(exc.as_dict(), sys.stdout)
         sys.stdout.write("\n")
@@ -86,4 +94,9 @@ def run_command(args, settings: Settings) -> int:
         return 1
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
-    return 0
+    return 1 if failed(result) else 0
+
+
+def run_command(args, settings: Settings) -> int:
+    logs.configure_from(settings)
+    return emit(lambda: asyncio.run(_run(args, settings)))

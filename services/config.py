@@ -136,7 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_root", ("DATA_ROOT",), parse_path, REPO_ROOT / ".data", Path("/workspace"),
             "Root of everything the appliance writes (on a Pod: the volume, e.g. `/runpod-volume`).", group="paths"),
     Setting("comfy_home", ("COMFY_HOME",), parse_path, _under("data_root", "ComfyUI"), _under("data_root", "ComfyUI"),
-            "Root of the ComfyUI environment to run (`main.py` inside). Pins no version by itself.", group="paths"),
+            "A ComfyUI checkout (`main.py` inside) to run for every job, whatever version it names "
+            "(developer mode: no install, no switching). Unset, each job runs its installed version.", group="paths"),
     Setting("comfy_cache_root", ("COMFY_CACHE_ROOT",), parse_path, _same("data_root"), _same("data_root"),
             "Root of the shared, verified model cache; models live in `COMFY_CACHE_ROOT/models/<type>/`.", group="paths"),
     Setting("models_dir", ("MODELS_DIR", "COMFYUI_MODEL_DIR"), parse_path,
@@ -157,7 +158,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_dir", ("LOG_DIR",), parse_path, _under("data_root", "logs"), _under("data_root", "logs"),
             "Rotated log files of every program.", group="paths"),
     Setting("comfy_python", ("COMFY_PYTHON",), parse_path, Path(sys.executable), Path(sys.executable),
-            "Interpreter that runs ComfyUI's `main.py` (locally ComfyUI usually has its own virtualenv).", group="comfy"),
+            "Interpreter that runs `COMFY_HOME`'s `main.py` in developer mode (installed versions use their own "
+            "virtualenv).", group="comfy"),
     Setting("comfy_host", ("COMFY_HOST",), parse_str, "127.0.0.1", "127.0.0.1",
             "Address ComfyUI listens on. Keep it loopback: ComfyUI has no authentication.", group="comfy"),
     Setting("comfy_port", ("COMFY_PORT",), parse_port, 8188, 8188, "Port ComfyUI listens on.", group="comfy"),
@@ -223,6 +225,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between gpuwatch probes.", group="pod"),
     Setting("gpu_probe_timeout", ("GPU_PROBE_TIMEOUT",), parse_seconds, 5.0, 5.0,
             "Seconds before a hanging nvidia-smi is abandoned (GPU state `unknown`).", group="pod"),
+    # --- versions ---
+    Setting("versions_base_python", ("VERSIONS_BASE_PYTHON",), parse_path, _same("comfy_python"), _same("comfy_python"),
+            "Interpreter whose environment (torch and the other heavy packages) every installed version's "
+            "virtualenv is layered over.", group="versions"),
+    Setting("versions_pip_args", ("VERSIONS_PIP_ARGS",), parse_list, (), (),
+            "Extra pip arguments for version installs, space separated (e.g. `--no-index --find-links /wheels`).",
+            group="versions"),
+    Setting("versions_lock_timeout", ("VERSIONS_LOCK_TIMEOUT",), parse_seconds, 1800.0, 1800.0,
+            "Seconds an installer waits for another installer of the same version before `version_busy`.",
+            group="versions"),
     Setting("log_silent", ("LOG_SILENT",), parse_bool, False, False,
             "`1`: suppress informational logs (errors are still written).", group="logs"),
     Setting("log_level", ("LOG_LEVEL",), choice("debug", "info", "warning", "error"), "info", "info",

@@ -109,10 +109,11 @@ class ComfyLauncher:
         self.started_at: float | None = None
 
     @classmethod
-    def from_settings(cls, settings, *, comfy_home: Path | None = None, extra_args: Sequence[str] = (),
+    def from_settings(cls, settings, *, comfy_home: Path | None = None, python: Path | None = None,
+                      extra_args: Sequence[str] = (),
                       line_sink: Callable[[str], None] | None = None) -> "ComfyLauncher":
         roots = [settings.comfy_cache_root / "models", settings.models_dir]
-        return cls(comfy_home=comfy_home or settings.comfy_home, python=settings.comfy_python,
+        return cls(comfy_home=comfy_home or settings.comfy_home, python=python or settings.comfy_python,
                    host=settings.comfy_host, port=settings.comfy_port, io_dir=settings.comfy_io_dir,
                    run_dir=settings.run_dir, model_roots=roots,
                    extra_args=[*settings.comfy_extra_args, *extra_args], line_sink=line_sink)

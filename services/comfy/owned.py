@@ -19,10 +19,17 @@ class OwnedComfy:
         self.client = ComfyClient(launcher.url)
         self._lock = asyncio.Lock()
 
+    @property
+    def current_version(self) -> str:
+        return f"comfy_home:{self.launcher.comfy_home}"
+
     async def client_for(self, spec: VersionSpec) -> ComfyClient:
         async with self._lock:  # one start at a time; later jobs find it ready
             await asyncio.to_thread(self.launcher.ensure_running, self.start_timeout)
         return self.client
+
+    def release(self) -> None:
+        pass  # one ComfyUI for every job: nothing waits for jobs to end
 
     def report_crash(self) -> None:
         self.launcher.mark_defunct()

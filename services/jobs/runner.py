@@ -31,11 +31,21 @@ MAX_INPUT_IMAGE_BYTES = 64 * 2**20
 
 
 class ComfyProvider(Protocol):
-    """Who owns ComfyUI for this process: hands out a ready client for a version."""
+    """Who owns ComfyUI for this process: hands out a ready client for a version.
+
+    Every `client_for` is paired with one `release()` when the job is done with ComfyUI, so a
+    provider that switches versions knows when none is in flight. `current_version` is what
+    runs (a version id, `comfy_home:<path>`, or None when unknown); jobs report it.
+    """
 
     async def client_for(self, spec: VersionSpec) -> ComfyClient: ...
 
+    def release(self) -> None: ...
+
     def report_crash(self) -> None: ...
+
+    @property
+    def current_version(self) -> str | None: ...
 
 
 class FixedComfy:
@@ -44,8 +54,13 @@ class FixedComfy:
     def __init__(self, client: ComfyClient):
         self.client = client
 
+    current_version = None  # whatever its owner runs
+
     async def client_for(self, spec: VersionSpec) -> ComfyClient:
         return self.client
+
+    def release(self) -> None:
+        pass
 
     def report_crash(self) -> None:
         pass  # its owner restarts it
@@ -115,7 +130,22 @@ class JobRunner:
             return {"job_id": job_id, "version_id": spec.id, "dry_run": True, "outputs": []}
 
         comfy = await self.provider.client_for(spec)
+        in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
         watch.lap("comfy_ready")
+        try:
+            result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress, on_submitted)
+        except AppError as exc:
+            exc.extra.setdefault("comfy_version", in_use)
+            raise
+        finally:
+            self.provider.release()
+        if not self.settings.no_history:
+            result["comfy_version"] = in_use
+        return result
+
+    async def _execute(self, comfy: ComfyClient, request: JobRequest, spec: VersionSpec, workflow: dict[str, Any],
+                       job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
+                       on_submitted: Callable[[str], Awaitable[None] | None] | None) -> dict[str, Any]:
         prompt = isolate_outputs(workflow, job_id)
         outcome = None
         if resume_prompt_id:

@@ -1,0 +1,63 @@
+"""Running git and pip for an installer: output captured, children that die with it.
+
+An installer killed with SIGKILL cannot stop its children, and an orphaned pip would go on
+writing into a build folder the next installer is deleting. PR_SET_PDEATHSIG makes the kernel
+kill each child when the installer dies. Credentials in URLs (`https://user:token@host`) are
+masked before any tool output reaches an error detail or a log.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+_PR_SET_PDEATHSIG = 1
+_USERINFO = re.compile(r"(://)[^/@\s]+@")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # git's sideband leaves NULs and \r in its output
+_TAIL_CHARS = 600
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _prctl = _libc.prctl
+except (OSError, AttributeError):  # not Linux: children may outlive a killed installer
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def mask(text: str) -> str:
+    return _USERINFO.sub(r"\1***@", text)
+
+
+class ToolFailed(Exception):
+    """A tool exited non-zero; `tail` is the end of its output, credentials masked."""
+
+    def __init__(self, returncode: int, tail: str):
+        super().__init__(tail)
+        self.returncode = returncode
+        self.tail = tail
+
+
+def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float | None = None) -> str:
+    """Run a tool to completion and return its stdout; raise ToolFailed with its last words."""
+    try:
+        done = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**os.environ, **(env or {})},
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                              preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise ToolFailed(-1, f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise ToolFailed(-1, f"cannot run {cmd[0]}: {exc.strerror}") from None
+    out = done.stdout.decode("utf-8", "replace")
+    if done.returncode != 0:
+        text = (done.stderr.decode("utf-8", "replace") or out).strip()
+        raise ToolFailed(done.returncode, mask(_CONTROL.sub("", text[-_TAIL_CHARS:])))
+    return out
