@@ -261,7 +261,7 @@ def test_jobs_switch_the_real_comfyui_between_installed_versions(installed):
     asyncio.run(scenario())
 
 
-@pytest.mark.real_comfy
+@pytest.mark.comfy
 def test_a_real_comfyui_tree_installs_as_a_version_and_answers_a_job(tmp_path):
     """Opt-in (`make test-real`): COMFYUI_DIR is a real ComfyUI checkout, COMFYUI_PYTHON a python
     with torch (the base environment). Its tree is committed to a local repository (a checkout
@@ -275,7 +275,7 @@ def test_a_real_comfyui_tree_installs_as_a_version_and_answers_a_job(tmp_path):
 
     comfy_dir = os.environ.get("COMFYUI_DIR")
     if not comfy_dir:
-        pytest.skip("COMFYUI_DIR is not set")
+        pytest.skip("only with a real ComfyUI: make test-real COMFYUI_DIR=...")
     repo = tmp_path / "ComfyUI"
     shutil.copytree(comfy_dir, repo, ignore=shutil.ignore_patterns(".git", "__pycache__", "output", "temp", "user"))
     pinned = commit(repo, {}, "real ComfyUI tree")

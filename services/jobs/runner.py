@@ -133,7 +133,8 @@ class JobRunner:
         in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
         watch.lap("comfy_ready")
         try:
-            result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress, on_submitted)
+            result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress, on_submitted,
+                                         resume_prompt_id)
         except AppError as exc:
             exc.extra.setdefault("comfy_version", in_use)
             raise
@@ -145,7 +146,8 @@ class JobRunner:
 
     async def _execute(self, comfy: ComfyClient, request: JobRequest, spec: VersionSpec, workflow: dict[str, Any],
                        job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
-                       on_submitted: Callable[[str], Awaitable[None] | None] | None) -> dict[str, Any]:
+                       on_submitted: Callable[[str], Awaitable[None] | None] | None,
+                       resume_prompt_id: str | None) -> dict[str, Any]:
         prompt = isolate_outputs(workflow, job_id)
         outcome = None
         if resume_prompt_id:
