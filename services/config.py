@@ -211,6 +211,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`1`: refuse plaintext payloads with `encryption_required`.", group="security"),
     Setting("hf_token", ("HF_TOKEN",), parse_str, "", "", "Token sent to Hugging Face hosts only.", secret=True, group="models"),
     Setting("civitai_token", ("CIVITAI_TOKEN",), parse_str, "", "", "Token sent to Civitai hosts only.", secret=True, group="models"),
+    Setting("runpod_webhook_post_output", ("RUNPOD_WEBHOOK_POST_OUTPUT",), parse_str, "", "",
+            "Set by RunPod on serverless workers; job progress updates are sent only when it is present.",
+            group="modes"),
     # --- pod programs ---
     Setting("supervisor_socket", ("SUPERVISOR_SOCKET",), parse_str, "", "",
             "Unix socket of supervisord, for /healthz's program list (set by etc/supervisord.conf).", group="pod"),

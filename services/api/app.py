@@ -14,12 +14,14 @@ import falcon.asgi
 
 from services import __version__, config, logs
 from services.api import http, jobs
-from services.api.executor import JobExecutor
+from services.api.executor import JobExecutor, worker_id
 from services.api.health import HealthState
 from services.api.openapi import OpenApiResource
 from services.comfy.client import ComfyClient
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
+from services.jobs.runner import JobRunner
+from services.pod.comfy import PodComfy
+from services.store.comfy_state import ComfyStateStore
 from services.store.db import Database
 from services.store.jobs import JobStore
 from services.versions.spec import SpecStore
@@ -82,12 +84,16 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     settings = settings or config.load_or_exit()
     logs.configure_from(settings)
     comfy = ComfyClient(settings.comfy_url or f"http://{settings.comfy_host}:{settings.comfy_port}")
-    store = JobStore(Database(settings.state_db))
-    runner = JobRunner(settings, SpecStore(settings.versions_dir), FixedComfy(comfy))
-    executor = JobExecutor(store, runner, settings, concurrency=settings.api_job_concurrency)
-    health = HealthState(settings, comfy, extra={"appliance": __version__})
+    db = Database(settings.state_db)
+    store = JobStore(db)
+    owner = worker_id()
+    comfy_state = ComfyStateStore(db)
+    provider = PodComfy(settings, comfy_state, comfy, owner)
+    runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
+    executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)
+    health = HealthState(settings, comfy, lambda: {"appliance": __version__, "comfy": comfy_state.runtime()})
 
-    middleware = [Lifespan(health, executor, _Closing(runner, comfy))]
+    middleware = [Lifespan(health, provider, executor, _Closing(runner, comfy))]
     if settings.api_token:
         middleware.append(TokenAuth(settings.api_token))
     app = falcon.asgi.App(middleware=middleware)

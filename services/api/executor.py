@@ -30,11 +30,11 @@ IDLE_POLL_SECONDS = 0.5
 
 
 class JobExecutor:
-    def __init__(self, store: JobStore, runner: JobRunner, settings, *, concurrency: int = 16):
+    def __init__(self, store: JobStore, runner: JobRunner, settings, owner: str, *, concurrency: int = 16):
         self.store = store
         self.runner = runner
         self.settings = settings
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.owner = owner
         self.concurrency = concurrency
         self.tasks: dict[str, asyncio.Task] = {}
         self.progress: dict[str, float] = {}
@@ -146,6 +146,11 @@ class JobExecutor:
 
     async def _on_submitted(self, job_id: str, prompt_id: str) -> None:
         await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id)
+
+
+def worker_id() -> str:
+    """Names this API worker in leases: host, pid and a nonce (pids are reused after restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def _version_hint(body: Any) -> str | None:

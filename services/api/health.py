@@ -10,13 +10,12 @@ import asyncio
 import json
 import time
 import xmlrpc.client
-from typing import Any
-
-from supervisor.xmlrpc import SupervisorTransport
+from typing import Any, Callable
 
 from services import logs
 from services.comfy.client import ComfyClient
 from services.gpu import state as gpu_state
+from services.pod.supervisor import Supervisor
 from services.security.envelope import public_key_b64
 
 log = logs.get("api.health")
@@ -25,18 +24,12 @@ REFRESH_SECONDS = 1.0
 STATS_EVERY = 30.0
 
 
-def supervisor_programs(socket_path: str) -> dict[str, Any]:
-    transport = SupervisorTransport(None, None, serverurl=f"unix://{socket_path}")
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-    return {p["name"]: {"state": p["statename"], "pid": p["pid"] or None, "description": p["description"]}
-            for p in proxy.supervisor.getAllProcessInfo()}
-
-
 class HealthState:
-    def __init__(self, settings, comfy: ComfyClient, extra: dict[str, Any] | None = None):
+    def __init__(self, settings, comfy: ComfyClient, version: Callable[[], dict[str, Any]]):
         self.settings = settings
         self.comfy = comfy
-        self.extra = extra or {}
+        self.version = version
+        self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self.snapshot: dict[str, Any] = {}
         self.body = b"{}"
         self.status = 503
@@ -72,9 +65,9 @@ class HealthState:
             except Exception:
                 self._stats = {}
         programs: dict[str, Any] = {}
-        if self.settings.supervisor_socket:
+        if self.supervisor is not None:
             try:
-                programs = await asyncio.to_thread(supervisor_programs, self.settings.supervisor_socket)
+                programs = await asyncio.to_thread(self.supervisor.programs)
             except (OSError, xmlrpc.client.Error) as exc:
                 programs = {"error": f"supervisord unreachable: {type(exc).__name__}"}
         gpu = await asyncio.to_thread(gpu_state.read, self.settings.run_dir, 3 * self.settings.gpu_poll_interval + 5)
@@ -94,7 +87,7 @@ class HealthState:
             "comfy": comfy,
             "gpu": {k: gpu.get(k) for k in ("state", "reason", "checked_at", "gpus", "host") if k in gpu},
             "programs": programs,
-            "version": self.extra,
+            "version": await asyncio.to_thread(self.version),
         }
         self.body = json.dumps(self.snapshot).encode()
         self.status = 200 if comfy_up else 503

@@ -16,6 +16,9 @@ import time
 from services import config, logs
 from services.comfy.launcher import ComfyLauncher
 from services.errors import AppError
+from services.pod import runtime as runtime_file
+from services.store.comfy_state import ComfyStateStore
+from services.store.db import Database
 
 log = logs.get("comfyui")
 
@@ -46,7 +49,11 @@ def _backoff(run_dir) -> float:
 def main() -> None:
     settings = config.load_or_exit()
     logs.configure_from(settings)
-    launcher = ComfyLauncher.from_settings(settings)
+    runtime = runtime_file.wanted(settings)
+    # Recorded before the checks: the API must know what runs even when it failed to start.
+    ComfyStateStore(Database(settings.state_db)).set_runtime(runtime.label)
+    launcher = ComfyLauncher.from_settings(settings, comfy_home=runtime.comfy_home, python=runtime.python,
+                                           extra_args=runtime.args)
     try:
         argv = launcher.prepare()
     except AppError as exc:
@@ -56,7 +63,7 @@ def main() -> None:
     if delay:
         log.warning("comfy_restart_backoff", seconds=delay)
         time.sleep(delay)
-    log.info("comfy_exec", argv=argv[2:6])
+    log.info("comfy_exec", runtime=runtime.label, comfy_home=str(runtime.comfy_home))
     sys.stdout.flush()
     os.chdir(launcher.comfy_home)
     os.environ["PYTHONUNBUFFERED"] = "1"

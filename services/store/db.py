@@ -50,6 +50,21 @@ CREATE TABLE IF NOT EXISTS downloads (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS downloads_state ON downloads(state, created_at);
+-- Pod mode: which ComfyUI runtime (version) the `comfyui` program runs, and who may use it.
+CREATE TABLE IF NOT EXISTS comfy_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    runtime TEXT,                     -- label of the runtime ComfyUI runs (version id or comfy_home:<path>)
+    target TEXT,                      -- set while a worker switches ComfyUI to another runtime
+    switcher TEXT,
+    switch_heartbeat REAL
+);
+CREATE TABLE IF NOT EXISTS comfy_leases (
+    owner TEXT PRIMARY KEY,           -- one row per API worker: how many of its jobs use ComfyUI
+    runtime TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+INSERT OR IGNORE INTO comfy_state (id) VALUES (1);
 """
 
 

@@ -1,0 +1,120 @@
+"""The job runner's ComfyUI provider in Pod mode: supervisord owns ComfyUI, and the API
+workers agree through the store (services/store/comfy_state.py) on which version it runs.
+
+A job whose version ComfyUI already runs takes a lease and goes. A job for another version
+makes its worker the switcher: once no job of another runtime holds a lease, it writes the
+wanted runtime for the `comfyui` program, restarts that program through supervisord and
+waits until ComfyUI answers. Installing a missing version (AUTO_INSTALL_VERSIONS=1) happens
+before the switch, while the old version keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import xmlrpc.client
+
+from services import logs
+from services.comfy.client import ComfyClient
+from services.errors import AppError
+from services.pod import runtime as runtime_file
+from services.pod.supervisor import Supervisor
+from services.store.comfy_state import LEASE_SECONDS, ComfyStateStore
+from services.versions.install import install, state
+from services.versions.spec import VersionSpec
+from services.versions.switch import Runtime, resolve
+
+log = logs.get("pod.comfy")
+
+POLL_SECONDS = 0.2
+
+
+class PodComfy:
+    def __init__(self, settings, store: ComfyStateStore, client: ComfyClient, owner: str):
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.owner = owner
+        self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
+        self._label: str | None = None
+        self._beat_task: asyncio.Task | None = None
+
+    # ---- lifespan: keep this worker's leases alive ----------------------------------------
+    def start(self) -> None:
+        self._beat_task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def stop(self) -> None:
+        if self._beat_task:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 5)
+            try:
+                await asyncio.to_thread(self.store.beat_leases, self.owner)
+            except Exception:
+                log.error("lease_heartbeat_failed", exc_info=True)
+
+    # ---- provider interface ---------------------------------------------------------------
+    @property
+    def current_version(self) -> str | None:
+        return self._label
+
+    async def client_for(self, spec: VersionSpec) -> ComfyClient:
+        wanted = resolve(spec, self.settings)
+        if wanted.versioned and await asyncio.to_thread(state, spec, self.settings) != "installed":
+            if not self.settings.auto_install_versions:
+                raise AppError("version_not_installed", f"version {spec.id} is not installed on this Pod; run "
+                               f"`python -m services versions install {spec.id}` or set AUTO_INSTALL_VERSIONS=1",
+                               suffix=spec.id)
+            await asyncio.to_thread(install, spec, self.settings)
+        while True:
+            verdict = await asyncio.to_thread(self.store.acquire, self.owner, wanted.label)
+            if verdict == "ok":
+                break
+            if verdict == "switch":
+                await self._switch(wanted)
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        self._label = wanted.label
+        return self.client
+
+    def release(self) -> None:
+        self.store.release(self.owner)
+
+    def report_crash(self) -> None:
+        pass  # supervisord restarts the comfyui program
+
+    # ---- switching ------------------------------------------------------------------------
+    async def _switch(self, wanted: Runtime) -> None:
+        try:
+            while await asyncio.to_thread(self.store.in_use_elsewhere, wanted.label):
+                await asyncio.to_thread(self.store.beat_switch, self.owner)
+                await asyncio.sleep(POLL_SECONDS)
+            log.info("comfy_switching", to=wanted.label, previous=await asyncio.to_thread(self.store.runtime))
+            runtime_file.write_wanted(self.settings.run_dir, wanted)
+            await self._restart_comfyui()
+            await asyncio.to_thread(self.store.finish_switch, self.owner, wanted.label)
+            log.info("comfy_switched", to=wanted.label)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(self.store.abort_switch, self.owner))
+            raise
+
+    async def _restart_comfyui(self) -> None:
+        if self.supervisor is None:
+            raise AppError("comfy_init_failed", "switching versions needs supervisord (Pod mode)", suffix="no_supervisor")
+        try:
+            await asyncio.to_thread(self.supervisor.restart, "comfyui")
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise AppError("comfy_init_failed", f"supervisord could not start comfyui: {exc}",
+                           suffix="exited") from None
+        deadline = time.monotonic() + self.settings.comfy_start_timeout
+        while not await self.client.ping():
+            if time.monotonic() > deadline:
+                raise AppError("comfy_init_failed", "ComfyUI did not answer after the switch", suffix="timeout")
+            program = (await asyncio.to_thread(self.supervisor.programs)).get("comfyui", {})
+            if program.get("state") in ("FATAL", "EXITED", "BACKOFF"):
+                raise AppError("comfy_init_failed", f"the comfyui program is {program['state']}: "
+                               f"{program.get('description', '')}", suffix="exited")
+            await asyncio.to_thread(self.store.beat_switch, self.owner)
+            await asyncio.sleep(POLL_SECONDS)

@@ -1,0 +1,40 @@
+"""`python -m services.serverless [runpod flags]`: the RunPod Serverless worker (the seeds'
+`rp_handler.serverless`). Without flags it runs RunPod's production worker loop; with
+`--rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port N` the SDK's local test API.
+
+The runpod SDK is imported here only (it costs about 2 s): the Pod API never pays for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+
+from services import config, logs
+from services.serverless.worker import Worker
+
+
+def main() -> None:
+    settings = config.load_or_exit()
+    logs.configure_from(settings)
+    worker = Worker(settings)
+    worker.warm_up()  # ComfyUI starts while the SDK below is still importing
+    atexit.register(worker.shutdown)
+
+    import runpod
+
+    if settings.runpod_webhook_post_output:
+        worker.send_progress = runpod.serverless.progress_update
+
+    async def handler(job):
+        future = worker.submit(worker.handle(job))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # a RunPod cancel or timeout: the runner interrupts ComfyUI
+            raise
+
+    runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+
+
+if __name__ == "__main__":
+    main()
