@@ -214,6 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runpod_webhook_post_output", ("RUNPOD_WEBHOOK_POST_OUTPUT",), parse_str, "", "",
             "Set by RunPod on serverless workers; job progress updates are sent only when it is present.",
             group="modes"),
+    Setting("runpod_debug_level", ("RUNPOD_DEBUG_LEVEL",), choice("debug", "info", "warn", "error"), "info", "info",
+            "The runpod SDK's log level. Not `debug` in production: at DEBUG the SDK logs every handler "
+            "output verbatim.", group="modes"),
     # --- pod programs ---
     Setting("supervisor_socket", ("SUPERVISOR_SOCKET",), parse_str, "", "",
             "Unix socket of supervisord, for /healthz's program list (set by etc/supervisord.conf).", group="pod"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 
 from services import config, logs
 from services.serverless.worker import Worker
@@ -20,6 +21,8 @@ def main() -> None:
     worker.warm_up()  # ComfyUI starts while the SDK below is still importing
     atexit.register(worker.shutdown)
 
+    # The SDK reads its level from the environment at import; DEBUG would log job outputs.
+    os.environ["RUNPOD_DEBUG_LEVEL"] = settings.runpod_debug_level.upper()
     import runpod
 
     if settings.runpod_webhook_post_output:
