@@ -108,17 +108,21 @@ class Pod:
         return self.proc.returncode
 
 
-def start_pod(root: Path, env: dict | None = None, comfy_home: bool = True, wait: bool = True) -> Pod:
+def start_pod(root: Path, env: dict | None = None, comfy_home: str = "fake", wait: bool = True) -> Pod:
+    """comfy_home: "fake" (the stand-in behind COMFY_HOME: developer mode), "missing" (COMFY_HOME
+    names nothing) or "unset" (no COMFY_HOME: installed versions run)."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO_ROOT / "etc", root / "etc", dirs_exist_ok=True)
     home = root / "ComfyUI"
-    if comfy_home:
+    if comfy_home == "fake":
         write_fake_comfy_home(home)
     api_port, comfy_port = free_port(), free_port()
     full_env = {**os.environ, "DATA_ROOT": str(root / "data"), "COMFY_HOME": str(home),
                 "COMFY_PORT": str(comfy_port), "API_PORT": str(api_port), "DEFAULT_VERSION_ID": "demo",
                 "NVIDIA_SMI": str(fake_nvidia_smi(root)), "GPU_POLL_INTERVAL": "1",
                 "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    if comfy_home == "unset":
+        del full_env["COMFY_HOME"]
     log_path = root / "pod.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "services.pod", "--config", str(root / "etc" / "supervisord.conf")],

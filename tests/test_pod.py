@@ -207,7 +207,7 @@ def test_no_comfy_home_is_fatal_and_healthz_says_why(tmp_path):
     slow_gpu = tmp_path / "hang-smi"
     slow_gpu.write_text("#!/bin/sh\nsleep 30\n")
     slow_gpu.chmod(0o755)
-    pod = start_pod(tmp_path / "pod", comfy_home=False, wait=False,
+    pod = start_pod(tmp_path / "pod", comfy_home="missing", wait=False,
                     env={"NVIDIA_SMI": str(slow_gpu), "GPU_PROBE_TIMEOUT": "0.5"})
     try:
         deadline = time.monotonic() + 40

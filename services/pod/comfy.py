@@ -16,6 +16,7 @@ import xmlrpc.client
 from services import logs
 from services.comfy.client import ComfyClient
 from services.errors import AppError
+from services.pod import restarts
 from services.pod import runtime as runtime_file
 from services.pod.supervisor import Supervisor
 from services.store.comfy_state import LEASE_SECONDS, ComfyStateStore
@@ -37,6 +38,9 @@ class PodComfy:
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self._label: str | None = None
         self._beat_task: asyncio.Task | None = None
+        # The store tells workers apart, not a worker's own jobs: inside one worker, one job
+        # at a time asks for ComfyUI, so two of its jobs never both become the switcher.
+        self._asking = asyncio.Lock()
 
     # ---- lifespan: keep this worker's leases alive ----------------------------------------
     def start(self) -> None:
@@ -68,14 +72,15 @@ class PodComfy:
                                f"`python -m services versions install {spec.id}` or set AUTO_INSTALL_VERSIONS=1",
                                suffix=spec.id)
             await asyncio.to_thread(install, spec, self.settings)
-        while True:
-            verdict = await asyncio.to_thread(self.store.acquire, self.owner, wanted.label)
-            if verdict == "ok":
-                break
-            if verdict == "switch":
-                await self._switch(wanted)
-                break
-            await asyncio.sleep(POLL_SECONDS)
+        async with self._asking:
+            while True:
+                verdict = await asyncio.to_thread(self.store.acquire, self.owner, wanted.label)
+                if verdict == "ok":
+                    break
+                if verdict == "switch":
+                    await self._switch(wanted)
+                    break
+                await asyncio.sleep(POLL_SECONDS)
         self._label = wanted.label
         return self.client
 
@@ -103,6 +108,7 @@ class PodComfy:
     async def _restart_comfyui(self) -> None:
         if self.supervisor is None:
             raise AppError("comfy_init_failed", "switching versions needs supervisord (Pod mode)", suffix="no_supervisor")
+        restarts.forget(self.settings.run_dir)  # a switch is no crash: no back-off for it
         try:
             await asyncio.to_thread(self.supervisor.restart, "comfyui")
         except (OSError, xmlrpc.client.Error) as exc:
