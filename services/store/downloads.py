@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from services.store import leases
 from services.store.db import Database
@@ -98,6 +98,16 @@ class DownloadStore:
         with self.db.write() as conn:
             conn.execute(f"UPDATE downloads SET state = ?, {sets} WHERE id = ? AND owner = ?",
                          (state, *fields.values(), download_id, owner))
+
+    def expire_dead_owners(self, alive: Callable[[str], bool]) -> list[str]:
+        """End the leases of running rows whose owner is known to be dead, so that a restarted
+        worker resumes them at once instead of after LEASE_SECONDS."""
+        owners = {r["owner"] for r in self.db.read("SELECT DISTINCT owner FROM downloads"
+                                                   " WHERE state = 'running' AND owner IS NOT NULL")}
+        dead = sorted(owner for owner in owners if not alive(owner))
+        for owner in dead:
+            leases.expire(self.db, "downloads", owner)
+        return dead
 
     def _fail_exhausted(self) -> None:
         for row in leases.exhausted(self.db, "downloads", LEASE_SECONDS, MAX_ATTEMPTS):

@@ -44,3 +44,10 @@ def exhausted(db: Database, table: str, lease: float, max_attempts: int) -> list
     assert table in _TABLES
     return db.read(f"SELECT * FROM {table} WHERE state = 'running' AND heartbeat_at < ? AND attempts >= ?",
                    (time.time() - lease, max_attempts))
+
+
+def expire(db: Database, table: str, owner: str) -> None:
+    """End the lease of every row `owner` runs: the next claim may take them over."""
+    assert table in _TABLES
+    with db.write() as conn:
+        conn.execute(f"UPDATE {table} SET heartbeat_at = 0 WHERE owner = ? AND state = 'running'", (owner,))
