@@ -58,8 +58,8 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.write() as conn:
-            conn.executescript(SCHEMA)
+        # executescript manages its own transaction; IF NOT EXISTS makes it safe to race.
+        self.connection().executescript(SCHEMA)
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
