@@ -58,7 +58,7 @@ def index_path(settings) -> Path:
 def check_type(model_type: object) -> str:
     folder = canonical(model_type) if isinstance(model_type, str) else None
     if folder is None:
-        shown = model_type[:64] if isinstance(model_type, str) else type(model_type).__name__
+        shown = (model_type[:64] or "none") if isinstance(model_type, str) else type(model_type).__name__
         raise AppError("invalid_model_type", "not a ComfyUI model folder", suffix=shown)
     return folder
 
