@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import threading
 import time
@@ -23,12 +24,14 @@ from typing import Callable, Iterator
 
 from services.errors import AppError
 from services.models import segments
+from services.models.segments import Batch
 from services.models.integrity import hash_into
 from services.models.retry import Backoff
 from services.models.sources import Body, HttpSource, GcsSource, RangeNotSatisfiable, Transient
 
 CHUNK = 1 << 20
 REPORT_EVERY = 0.2
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 Progress = Callable[[int, "int | None"], bool]  # (bytes done, total) -> keep going?
 
 
@@ -107,39 +110,74 @@ def download(source: HttpSource | GcsSource, partial: Path, *, size: int | None,
     ticker.total = total
     if size is None and total is not None:
         check_disk(partial.parent, total - done)
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
-    except BaseException:
-        body.close()
-        raise
     if body.ranged and total is not None and options.segments > 1 and total - done >= options.segment_min:
         body.close()
-        chunks = segments.in_order(source, done, total, options, tick=ticker.report, stop=stop)
+        batches = segments.in_order(source, done, total, options, tick=ticker.report, stop=stop)
     else:
-        chunks = _stream(source, body, done, total, backoff)
+        batches = _stream(source, body, done, total, backoff)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.lseek(fd, done, os.SEEK_SET)
+    writer = _Writer(fd)
     try:
-        os.lseek(fd, done, os.SEEK_SET)
-        for chunk in chunks:
-            if total is not None and done + len(chunk) > total:
+        for batch in batches:
+            if total is not None and done + batch.size > total:
                 raise AppError("size_mismatch", f"{source.public} sent more than {total} bytes")
-            hasher.update(chunk)
-            _write_all(fd, chunk)
-            done += len(chunk)
+            for chunk in batch.chunks:
+                hasher.update(chunk)
+            writer.put(batch)
+            done += batch.size
             ticker.report(done)
         if total is not None and done != total:
             raise AppError("size_mismatch", f"{source.public} ended after {done} of {total} bytes")
+        writer.close()
         os.fsync(fd)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
         free = shutil.disk_usage(partial.parent).free
-        raise AppError("insufficient_disk", f"the disk filled up after {done} bytes; {free} free",
+        raise AppError("insufficient_disk", f"the disk filled up near byte {done}; {free} bytes free",
                        extra={"needed": (total or done) - done, "free": free}) from None
     finally:
-        chunks.close()
+        batches.close()
+        writer.close()  # what was hashed is written even when stopping: the partial stays a prefix
         os.close(fd)
     ticker.report(done, force=True)
     return done, hasher.hexdigest()
+
+
+class _Writer:
+    """Writes batches in file order on its own thread, so writing overlaps hashing (both
+    release the GIL). Its queue holds one batch, which bounds memory."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="partial-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: Batch) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Wait until every queued batch is written; raise the first write error (once)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    _write_all(self._fd, batch.chunks)
+                except OSError as exc:
+                    self._error = exc
+            if batch.written is not None:
+                batch.written()
 
 
 def _hash_prefix(partial: Path, size: int | None):
@@ -161,15 +199,18 @@ def _expected_total(body: Body, size: int | None, public: str) -> int | None:
     return size if size is not None else body.total
 
 
-def _stream(source, body: Body, position: int, total: int | None, backoff: Backoff) -> Iterator[bytes]:
+def _stream(source, body: Body, position: int, total: int | None, backoff: Backoff) -> Iterator[Batch]:
     """The bytes from `position` on, over one connection at a time, reopened after a failure."""
     while True:
         skip = position - body.start
+        batch = Batch([], 0)
         try:
             while True:
                 data = body.read(CHUNK)
                 if not data:
                     if total is None or position >= total:
+                        if batch.size:
+                            yield batch
                         return
                     raise Transient("unreachable")  # the connection closed early
                 backoff.progressed()
@@ -179,15 +220,28 @@ def _stream(source, body: Body, position: int, total: int | None, backoff: Backo
                 if skip:
                     data, skip = data[skip:], 0
                 position += len(data)
-                yield data
+                batch.add(data)
+                if batch.size >= CHUNK:
+                    yield batch
+                    batch = Batch([], 0)
         except Transient as exc:
+            if batch.size:
+                yield batch  # what arrived before the failure is good
             backoff.failed(exc)
         finally:
             body.close()
         body = backoff.call(lambda: source.open(position))
 
 
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, chunks: list) -> None:
+    views = [memoryview(c) for c in chunks]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first:first + _IOV_MAX])
+        while written:
+            if written >= len(views[first]):
+                written -= len(views[first])
+                first += 1
+            else:
+                views[first] = views[first][written:]
+                written = 0

@@ -3,19 +3,34 @@
 SHA-256 can only be computed in order, and hashing the file again afterwards would read a
 14 GB model twice. So the rest of the file is cut into pieces of `DOWNLOAD_PIECE_BYTES`;
 `DOWNLOAD_SEGMENTS` threads fetch the next pieces while the caller hashes and writes them in
-order. A piece waits in memory for its turn, and at most segments + 2 pieces exist at once:
-that bounds memory, and the partial file stays a plain prefix (resumable without a control file).
+order. A piece waits in memory for its turn, and at most segments + 2 pieces exist at once
+(fetched, waiting, or not yet written): that bounds memory, and the partial file stays a plain
+prefix, resumable without a control file.
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from services.errors import AppError
 from services.models.retry import Backoff
 from services.models.sources import Transient
 
-READ_BYTES = 1 << 20
+READ_BYTES = 256 << 10
+
+
+@dataclass
+class Batch:
+    """Consecutive bytes as the chunks they arrived in; `written` runs once they are on disk."""
+
+    chunks: list
+    size: int
+    written: Callable[[], None] | None = None
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
 
 
 class _Closed(Exception):
@@ -30,9 +45,13 @@ class _Pieces:
         self.starts = range(start, end, options.piece)
         self.options = options
         self.cond = threading.Condition()
+        # A slot is a piece in memory: being fetched, waiting, hashed or queued for writing.
+        # The writer frees it (Batch.written) once the piece is on disk.
         self.slots = threading.Semaphore(options.segments + 2)
-        self.ready: dict[int, tuple[bytearray, int]] = {}
-        self.spare: list[bytearray] = []
+        self.ready: dict[int, Batch] = {}
+        # Each slot's buffer is allocated once and reused: chunks allocated per read and freed
+        # by another thread made the allocator keep twice the memory (one arena per thread).
+        self.buffers: list[bytearray] = []
         self.next = 0
         self.error: BaseException | None = None
         self.closed = threading.Event()
@@ -49,10 +68,10 @@ class _Pieces:
                         self.slots.release()
                         return
                     index, self.next = self.next, self.next + 1
-                    buf = self.spare.pop() if self.spare else bytearray(self.piece)
-                filled = self._fetch(self.starts[index], buf, backoff)
+                    buf = self.buffers.pop() if self.buffers else bytearray(self.piece)
+                batch = self._fetch(self.starts[index], buf, backoff)
                 with self.cond:
-                    self.ready[index] = (buf, filled)
+                    self.ready[index] = batch
                     self.cond.notify_all()
         except _Closed:
             return
@@ -65,13 +84,14 @@ class _Pieces:
         if self.closed.wait(seconds):
             raise _Closed()
 
-    def _fetch(self, start: int, buf: bytearray, backoff: Backoff) -> int:
+    def _fetch(self, start: int, buf: bytearray, backoff: Backoff) -> Batch:
         length = min(self.piece, self.end - start)
         got = 0
         while got < length:
-            body = backoff.call(lambda: self.source.open(start + got, start + length))
+            at = start + got
+            body = backoff.call(lambda: self.source.open(at, start + length))
             try:
-                if body.start != start + got:
+                if body.start != at:
                     raise AppError("download_failed", f"{self.source.public} stopped honouring Range",
                                    suffix="range_ignored")
                 while got < length:
@@ -87,11 +107,16 @@ class _Pieces:
                 backoff.failed(exc)
             finally:
                 body.close()
-        return length
+        return Batch([memoryview(buf)[:length]], length, written=lambda: self._recycle(buf))
+
+    def _recycle(self, buf: bytearray) -> None:
+        with self.cond:
+            self.buffers.append(buf)
+        self.slots.release()
 
 
 def in_order(source, start: int, end: int, options, *, tick: Callable[[], None],
-             stop: threading.Event) -> Iterator[memoryview]:
+             stop: threading.Event) -> Iterator[Batch]:
     """Bytes `start`..`end` of the source, in order. `tick` runs while waiting (progress)."""
     pieces = _Pieces(source, start, end, options)
     workers = [threading.Thread(target=pieces.work, name=f"segment-{i}", daemon=True)
@@ -107,10 +132,7 @@ def in_order(source, start: int, end: int, options, *, tick: Callable[[], None],
                 if pieces.error is not None:
                     raise pieces.error
                 tick()
-                buf, filled = pieces.ready.pop(index)
-            yield memoryview(buf)[:filled]
-            with pieces.cond:
-                pieces.spare.append(buf)
-            pieces.slots.release()
+                batch = pieces.ready.pop(index)
+            yield batch
     finally:
         pieces.closed.set()

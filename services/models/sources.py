@@ -94,36 +94,26 @@ def token_for(url: str, tokens: Mapping[str, str]) -> str | None:
 class HttpBody:
     def __init__(self, response: requests.Response, start: int, total: int | None, ranged: bool):
         self._response = response
-        self._failure: Transient | None = None
         self.start, self.total, self.ranged = start, total, ranged
 
     def read(self, size: int) -> bytes:
-        """Up to `size` bytes. The bytes that arrived before a failure are returned first and the
-        failure is raised by the next call, so a resume starts exactly where the data ended."""
-        if self._failure is not None:
-            raise self._failure
-        parts: list[bytes] = []
-        got = 0
-        while got < size:
-            try:
-                data = self._response.raw.read1(size - got)
-            except urllib3.exceptions.ReadTimeoutError:
-                self._failure = Transient("timeout")
-            except (urllib3.exceptions.HTTPError, OSError):
-                self._failure = Transient("unreachable")
-            else:
-                if not data:
-                    break
-                parts.append(data)
-                got += len(data)
-                continue
-            if not parts:
-                raise self._failure
-            break
-        return b"".join(parts)
+        """What one receive gives, up to `size` bytes: nothing that arrived is held back, so
+        after a failure a resume starts exactly where the data ended."""
+        try:
+            return self._response.raw.read1(size)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise Transient("timeout") from None
+        except (urllib3.exceptions.HTTPError, OSError):
+            raise Transient("unreachable") from None
 
     def close(self) -> None:
-        self._response.close()
+        raw = self._response.raw
+        if raw.length_remaining == 0:
+            # The whole body was read: keep the connection for the next piece (on https a new
+            # one costs a TLS handshake per piece). requests' close() would drop it.
+            raw.release_conn()
+        else:
+            self._response.close()
 
 
 class HttpSource:
