@@ -58,12 +58,14 @@ def owner_alive(owner: str, heartbeat_age: float, stale_after: float) -> bool:
     return True
 
 
-def _read_lock(path: Path) -> tuple[os.stat_result, str]:
-    st = os.stat(path)
-    try:
-        return st, str(json.loads(path.read_text() or "{}").get("owner", ""))
-    except (ValueError, AttributeError):
-        return st, ""  # being written right now, or garbage: only its age can tell
+def _read_lock(path: Path) -> tuple[int, str]:
+    """(inode, owner): both, because a freed inode number is soon given to a new file."""
+    with open(path) as f:
+        inode = os.fstat(f.fileno()).st_ino
+        try:
+            return inode, str(json.loads(f.read() or "{}").get("owner", ""))
+        except (ValueError, AttributeError):
+            return inode, ""  # being written right now, or garbage: only its age can tell
 
 
 def _abandoned(owner: str, age: float, stale_after: float) -> bool:
@@ -108,7 +110,7 @@ class TargetLock:
         if self._beat is not None:
             self._beat.join()
         try:
-            if os.stat(self.path).st_ino == self._inode:
+            if _read_lock(self.path) == (self._inode, self.owner):
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
@@ -126,20 +128,21 @@ class TargetLock:
 
     def _break_if_stale(self) -> bool:
         try:
-            st, owner = _read_lock(self.path)
+            judged = _read_lock(self.path)
+            age = time.time() - os.stat(self.path).st_mtime
         except FileNotFoundError:
             return True
-        age = time.time() - st.st_mtime
+        owner = judged[1]
         if not _abandoned(owner, age, self.stale_after):
             return False
-        # Rename, then check the inode: two processes breaking the same stale lock must not
-        # let the second one delete the fresh lock the first one has just created.
+        # Rename, then check what was moved: two processes breaking the same stale lock must
+        # not let the second one delete the fresh lock the first one has just created.
         grave = self.path.with_name(f"{self.path.name}.{self.owner}.stale")
         try:
             os.rename(self.path, grave)
         except FileNotFoundError:
             return True
-        if os.stat(grave).st_ino != st.st_ino:
+        if _read_lock(grave) != judged:
             try:
                 os.link(grave, self.path)
             except FileExistsError:
@@ -151,7 +154,7 @@ class TargetLock:
         return True
 
     def _heartbeat(self) -> None:
-        every = max(0.5, self.stale_after / 4)
+        every = self.stale_after / 4
         while not self._stop.wait(every):
             try:
                 os.utime(self.path)
@@ -228,8 +231,7 @@ def _stale_litter(path: Path, wanted: set[Path], stale_after: float) -> bool:
     name = path.name
     try:
         if name.startswith(".") and name.endswith(LOCK):
-            st, owner = _read_lock(path)
-            return _abandoned(owner, time.time() - st.st_mtime, stale_after)
+            return _abandoned(_read_lock(path)[1], _age(path), stale_after)
         parsed = split_litter(name)
         if parsed is None or owner_alive(parsed[1], _age(path), stale_after):
             return False
