@@ -236,8 +236,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Retries after a dropped connection, a stall, 429 or 5xx, counted since the last byte that arrived.",
             group="models"),
     Setting("download_retry_base_sleep", ("DOWNLOAD_RETRY_BASE_SLEEP",), parse_seconds, 1.0, 1.0,
-            "First back-off sleep between download retries (doubles each time, at most 60 s; "
-            "a `Retry-After` header wins).", group="models"),
+            "First back-off sleep between download retries; it doubles each time, a `Retry-After` "
+            "header replaces it, and no sleep exceeds 60 s.", group="models"),
     Setting("download_timeout", ("DOWNLOAD_TIMEOUT",), parse_seconds, 60.0, 60.0,
             "Seconds a download connection may stay silent before it is dropped and retried.", group="models"),
     Setting("download_locks", ("DOWNLOAD_LOCKS",), parse_bool, True, True,

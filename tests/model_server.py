@@ -5,7 +5,8 @@
 `Stall(n, s)` sends n bytes and then goes silent for s seconds, `Status(code)` answers that
 status (429/503 with Retry-After). Blob-wide: `ranges=False` ignores Range (always 200 with the
 whole body), `corrupt=True` serves the same size with one byte changed, `rate` throttles an
-in-memory blob to bytes per second. A file on disk is served with sendfile, so the benchmark's
+in-memory blob to bytes per second, `length=False` sends no Content-Length (the size is unknown
+until the connection closes). A file on disk is served with sendfile, so the benchmark's
 server is not the bottleneck. `requests` records each request's Range and Authorization headers.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Status:
 
 class Blob:
     def __init__(self, data: bytes | Path, *, faults=(), ranges: bool = True, corrupt: bool = False,
-                 rate: int | None = None):
+                 rate: int | None = None, length: bool = True):
         self.path = data if isinstance(data, Path) else None
         self.data = b"" if self.path else data
         if corrupt:
@@ -52,6 +53,7 @@ class Blob:
         self.faults = list(faults)
         self.ranges = ranges
         self.rate = rate
+        self.length = length
         self.requests: list[dict] = []
         self.sent = 0
         self._lock = threading.Lock()
@@ -76,7 +78,10 @@ class Blob:
             status = 206
         req.send_response(status)
         req.send_header("Content-Type", "application/octet-stream")
-        req.send_header("Content-Length", str(end - start))
+        if self.length:
+            req.send_header("Content-Length", str(end - start))
+        else:
+            req.close_connection = True  # the end of the body is the end of the connection
         if self.ranges:
             req.send_header("Accept-Ranges", "bytes")
         if status == 206:

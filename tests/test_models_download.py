@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from services.config import SettingsError
 from services.errors import AppError
 from services.models.cache import cache_root
 from services.models.downloader import Stopped
@@ -198,3 +199,10 @@ def test_same_sha256_under_another_name_is_hard_linked_not_downloaded(tmp_path, 
     second = fetch(settings, server.url + "/m", data, name="b.safetensors")
     assert second.how == "linked" and len(blob.requests) == 1
     assert first.path.stat().st_ino == second.path.stat().st_ino
+
+
+@pytest.mark.parametrize("env", [{"DOWNLOAD_SEGMENTS": "0"}, {"DOWNLOAD_PIECE_BYTES": "100"},
+                                 {"DOWNLOAD_RETRIES": "-1"}, {"DOWNLOAD_LOCKS": "maybe"}])
+def test_unusable_download_settings_are_refused(tmp_path, env):
+    with pytest.raises(SettingsError):
+        make_settings(tmp_path, **env)

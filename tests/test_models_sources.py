@@ -127,6 +127,11 @@ def test_disk_too_small_is_refused_before_any_byte_is_written(tmp_path, server):
         assert err.value.code == "insufficient_disk"  # learned from Content-Length, before the body
         t = target(settings)
         assert not t.path.exists() and litter(t.folder) == []
+        server.route("/nolength", Blob(data, length=False))
+        with pytest.raises(AppError) as err:  # no size anywhere: the disk fills up mid-file
+            fetch(settings, server.url + "/nolength", data, size=None)
+        assert err.value.code == "insufficient_disk"
+        assert not t.path.exists() and litter(t.folder) == []  # the partial went, freeing the disk
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 

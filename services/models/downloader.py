@@ -24,10 +24,10 @@ from typing import Callable, Iterator
 
 from services.errors import AppError
 from services.models import segments
-from services.models.segments import Batch
 from services.models.integrity import hash_into
 from services.models.retry import Backoff
-from services.models.sources import Body, HttpSource, GcsSource, RangeNotSatisfiable, Transient
+from services.models.segments import Batch
+from services.models.sources import Body, GcsSource, HttpSource, RangeNotSatisfiable, Transient
 
 CHUNK = 1 << 20
 REPORT_EVERY = 0.2
@@ -130,10 +130,14 @@ def download(source: HttpSource | GcsSource, partial: Path, *, size: int | None,
         if total is not None and done != total:
             raise AppError("size_mismatch", f"{source.public} ended after {done} of {total} bytes")
         writer.close()
+        if writer.error is not None:
+            raise writer.error
         os.fsync(fd)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
+        # A full volume breaks everything else on it (the state database first): give it back.
+        os.unlink(partial)
         free = shutil.disk_usage(partial.parent).free
         raise AppError("insufficient_disk", f"the disk filled up near byte {done}; {free} bytes free",
                        extra={"needed": (total or done) - done, "free": free}) from None
@@ -152,30 +156,28 @@ class _Writer:
     def __init__(self, fd: int):
         self._fd = fd
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
-        self._error: OSError | None = None
+        self.error: OSError | None = None  # the first failed write; later batches are dropped
         self._thread = threading.Thread(target=self._run, name="partial-writer", daemon=True)
         self._thread.start()
 
     def put(self, batch: Batch) -> None:
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         self._queue.put(batch)
 
     def close(self) -> None:
-        """Wait until every queued batch is written; raise the first write error (once)."""
+        """Wait until every queued batch is written (or dropped after an error)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-            if self._error is not None:
-                raise self._error
 
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:
-            if self._error is None:
+            if self.error is None:
                 try:
                     _write_all(self._fd, batch.chunks)
                 except OSError as exc:
-                    self._error = exc
+                    self.error = exc
             if batch.written is not None:
                 batch.written()
 
