@@ -61,7 +61,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("invalid_model_type", 400, "The model `type` is not a ComfyUI model folder (`checkpoints`, `loras`, `vae`, ...).", suffix="<type>"),
     Code("invalid_filename", 400, "A model file name is 1 to 255 letters, digits and ` ._+()-`, starting with a letter or digit: no `/`, `\\`, `..` name, NUL or hidden name."),
     Code("unsupported_scheme", 400, "A model URL must be `http://`, `https://` or `gs://bucket/object`.", suffix="<scheme>"),
-    Code("download_failed", 502, "A model download failed: the HTTP status that refused it (`404`, `403`, or `429`/`5xx` after retries), `timeout`, `unreachable`, `gcs`, or `worker_died` (the download killed its worker repeatedly).", suffix="<status|why>"),
+    Code("download_failed", 502, "A model download failed: the HTTP status that refused it (`404`, `403`, or `429`/`5xx` after retries), `timeout`, `unreachable`, `gcs`, `io` (the model folder cannot be written), or `worker_died` (the download killed its worker repeatedly).", suffix="<status|why>"),
     Code("size_mismatch", 502, "The source announced or delivered a size other than the expected one; nothing is at the final path."),
     Code("checksum_mismatch", 502, "The downloaded bytes do not have the expected sha256; the file is moved to `<models>/.quarantine/` and nothing is at the final path."),
     Code("insufficient_disk", 507, "Not enough free disk for the model; `detail` gives the bytes needed and free. Refused before any byte is written."),

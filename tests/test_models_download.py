@@ -206,3 +206,13 @@ def test_same_sha256_under_another_name_is_hard_linked_not_downloaded(tmp_path, 
 def test_unusable_download_settings_are_refused(tmp_path, env):
     with pytest.raises(SettingsError):
         make_settings(tmp_path, **env)
+
+
+def test_a_model_folder_that_cannot_be_written_is_download_failed_io(tmp_path, server):
+    settings = make_settings(tmp_path)
+    t = target(settings)
+    t.root.mkdir(parents=True)
+    t.folder.write_text("a file where the type folder should be")
+    with pytest.raises(AppError) as err:
+        fetch(settings, server.route("/m", Blob(b"abc")), b"abc")
+    assert err.value.code == "download_failed:io" and str(t.path) in err.value.detail

@@ -51,22 +51,27 @@ def ensure_model(target: Target, url: str, *, size: int | None, sha256: str | No
         if stop.is_set() or not on_progress(_largest_partial(target), size):
             raise downloader.Stopped()
 
-    with locks.lock_for(target, settings, owner, waiting):
-        found = check_file(index, target.path, size=size, sha256=sha256)
-        if found.ok:
-            return Fetched(target.path, found.size, found.sha256, "present")
-        if found.status != "missing":
-            _quarantine(target, target.path, found)
-        shared = _share(index, target, sha256)
-        if shared:
-            return shared
-        partial = locks.adopt_partial(target, owner, settings.download_lock_stale)
-        got_size, got_sha = _download_verified(source, target, partial, size, sha256, settings, on_progress, stop)
-        os.replace(partial, target.path)
-        _fsync_dir(target.folder)
-        index.record(target.path, os.stat(target.path), got_sha)
-        log.info("model_downloaded", path=str(target.path), bytes=got_size, source=source.public)
-        return Fetched(target.path, got_size, got_sha, "downloaded")
+    try:
+        with locks.lock_for(target, settings, owner, waiting):
+            found = check_file(index, target.path, size=size, sha256=sha256)
+            if found.ok:
+                return Fetched(target.path, found.size, found.sha256, "present")
+            if found.status != "missing":
+                _quarantine(target, target.path, found)
+            shared = _share(index, target, sha256)
+            if shared:
+                return shared
+            partial = locks.adopt_partial(target, owner, settings.download_lock_stale)
+            got_size, got_sha = _download_verified(source, target, partial, size, sha256, settings,
+                                                   on_progress, stop)
+            os.replace(partial, target.path)
+            _fsync_dir(target.folder)
+            index.record(target.path, os.stat(target.path), got_sha)
+    except OSError as exc:  # the model folder cannot be written: read-only, not a folder, ...
+        raise AppError("download_failed", f"cannot write {target.path}: {exc.strerror or exc}",
+                       suffix="io") from None
+    log.info("model_downloaded", path=str(target.path), bytes=got_size, source=source.public)
+    return Fetched(target.path, got_size, got_sha, "downloaded")
 
 
 def _download_verified(source, target: Target, partial: Path, size, sha256, settings, on_progress,
