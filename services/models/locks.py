@@ -129,7 +129,7 @@ class TargetLock:
     def _break_if_stale(self) -> bool:
         try:
             judged = _read_lock(self.path)
-            age = time.time() - os.stat(self.path).st_mtime
+            age = _age(self.path)
         except FileNotFoundError:
             return True
         owner = judged[1]
