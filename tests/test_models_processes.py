@@ -41,9 +41,10 @@ def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
 
 
 def race(tmp_path, server, locks: str) -> tuple[Blob, bytes, Target]:
-    """Two `verify --fix` processes fetch the same 1.5 MiB model, throttled so they overlap."""
-    data = payload(3 * MiB // 2)
-    blob = Blob(data, rate=3 * MiB)
+    """Two `verify --fix` processes fetch the same 2 MiB model, throttled to last a second so
+    that they overlap even on a busy machine."""
+    data = payload(2 * MiB)
+    blob = Blob(data, rate=2 * MiB)
     settings = make_settings(tmp_path)
     write_spec(settings, "v1", [{"name": "m.safetensors", "type": "checkpoints", "url": server.route("/m", blob),
                                  "size": len(data), "sha256": sha(data)}])
