@@ -7,7 +7,7 @@ import time
 
 from services.models.cache import Target
 from services.models.index import HashIndex
-from services.models.locks import TargetLock, owner_alive, owner_token
+from services.models.locks import LockFile, owner_alive, owner_token
 from tests.model_fixtures import dead_owner
 
 OTHER_HOST = "elsewhere~123~abcd1234"
@@ -27,7 +27,7 @@ def test_another_hosts_lock_is_waited_on_until_its_heartbeat_stops(tmp_path):
     target.lock_path.write_text(json.dumps({"owner": OTHER_HOST}))
     waits = []
     started = time.monotonic()
-    with TargetLock(target, owner_token(), stale_after=0.5, on_wait=lambda: waits.append(1), poll=0.05):
+    with LockFile(target.lock_path, owner_token(), stale_after=0.5, on_wait=lambda: waits.append(1), poll=0.05):
         waited = time.monotonic() - started
         assert json.loads(target.lock_path.read_text())["owner"] != OTHER_HOST
     assert 0.4 < waited < 3 and len(waits) >= 5
@@ -37,14 +37,14 @@ def test_another_hosts_lock_is_waited_on_until_its_heartbeat_stops(tmp_path):
 
 def test_a_held_lock_keeps_beating(tmp_path):
     target = Target.of(tmp_path, "vae", "v.pt")
-    with TargetLock(target, owner_token(), stale_after=0.4):
+    with LockFile(target.lock_path, owner_token(), stale_after=0.4):
         time.sleep(1.0)
         assert time.time() - os.stat(target.lock_path).st_mtime < 0.4
 
 
 def test_a_lock_that_is_not_ours_any_more_is_left_alone_on_release(tmp_path):
     target = Target.of(tmp_path, "vae", "v.pt")
-    with TargetLock(target, owner_token(), stale_after=60):
+    with LockFile(target.lock_path, owner_token(), stale_after=60):
         os.unlink(target.lock_path)  # broken by someone who judged us dead ...
         target.lock_path.write_text(json.dumps({"owner": OTHER_HOST}))  # ... and taken
     assert json.loads(target.lock_path.read_text())["owner"] == OTHER_HOST

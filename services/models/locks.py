@@ -6,9 +6,10 @@ with `O_EXCL` (atomic on NFSv3+) holding its owner, and its mtime is a heartbeat
 thread. A lock whose owner is dead is broken: on this host a vanished pid proves it at once,
 from another host only a heartbeat older than `DOWNLOAD_LOCK_STALE` does.
 
-The lock only saves bandwidth; correctness never depends on it. Each process writes its own
-partial file and the target is re-checked after the lock is taken, so even two processes that
-both "hold" the lock end with one whole, verified file (tests run that with `DOWNLOAD_LOCKS=0`).
+For downloads the lock only saves bandwidth; correctness never depends on it. Each process
+writes its own partial file and the target is re-checked after the lock is taken, so even two
+processes that both "hold" the lock end with one whole, verified file (tests run that with
+`DOWNLOAD_LOCKS=0`).
 
 An owner token is `<host>~<pid>~<random>` with no dot, so it can sit inside file names
 (cache.split_litter) and in the `owner` column of the downloads table.
@@ -76,12 +77,13 @@ def _age(path: Path) -> float:
     return time.time() - os.stat(path).st_mtime
 
 
-class TargetLock:
-    """`with TargetLock(...)`: waits (calling `on_wait` every poll) until the target is ours."""
+class LockFile:
+    """`with LockFile(path, owner, ...)`: waits (calling `on_wait` every poll) until the lock
+    is ours. Not tied to models: anything that must not trust flock can hold one."""
 
-    def __init__(self, target: Target, owner: str, stale_after: float, *,
+    def __init__(self, path: Path, owner: str, stale_after: float, *,
                  on_wait: Callable[[], None] = lambda: None, poll: float = 0.2):
-        self.path = target.lock_path
+        self.path = Path(path)
         self.owner = owner
         self.stale_after = stale_after
         self.on_wait = on_wait
@@ -90,7 +92,7 @@ class TargetLock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def __enter__(self) -> "TargetLock":
+    def __enter__(self) -> "LockFile":
         waited_since = time.monotonic()
         logged = waited_since
         while not self._try_create():
@@ -173,10 +175,10 @@ class NoLock:
         pass
 
 
-def lock_for(target: Target, settings, owner: str, on_wait: Callable[[], None]) -> TargetLock | NoLock:
+def lock_for(target: Target, settings, owner: str, on_wait: Callable[[], None]) -> LockFile | NoLock:
     if not settings.download_locks:
         return NoLock()
-    return TargetLock(target, owner, settings.download_lock_stale, on_wait=on_wait)
+    return LockFile(target.lock_path, owner, settings.download_lock_stale, on_wait=on_wait)
 
 
 def adopt_partial(target: Target, owner: str, stale_after: float) -> Path:
