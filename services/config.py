@@ -48,6 +48,16 @@ def parse_int(raw: str) -> int:
         raise ValueError("expected an integer") from None
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = parse_int(raw)
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}")
+        return value
+
+    return parse
+
+
 def parse_port(raw: str) -> int:
     port = parse_int(raw)
     if not 1 <= port <= 65535:
@@ -123,6 +133,13 @@ def _same(attr: str) -> Callable[[Mapping[str, Any]], Any]:
 
     default.label = f"${attr.upper()}"  # type: ignore[attr-defined]
     return default
+
+
+def _active_versions(values: Mapping[str, Any]) -> tuple[str, ...]:
+    return (values["default_version_id"],) if values["default_version_id"] else ()
+
+
+_active_versions.label = "$DEFAULT_VERSION_ID"  # type: ignore[attr-defined]
 
 
 # Order matters: a derived default may only read settings listed above it.
@@ -241,6 +258,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("versions_lock_timeout", ("VERSIONS_LOCK_TIMEOUT",), parse_seconds, 1800.0, 1800.0,
             "Seconds an installer waits for another installer of the same version before `version_busy`.",
             group="versions"),
+    # --- model store ---
+    Setting("download_segments", ("DOWNLOAD_SEGMENTS",), at_least(1), 4, 4,
+            "Parallel ranged connections for one big model file; `1` downloads every file in one stream.",
+            group="models"),
+    Setting("download_segment_min_bytes", ("DOWNLOAD_SEGMENT_MIN_BYTES",), at_least(1), 64 * 2**20, 64 * 2**20,
+            "Files smaller than this are downloaded in one stream, whatever `DOWNLOAD_SEGMENTS` says.", group="models"),
+    Setting("download_piece_bytes", ("DOWNLOAD_PIECE_BYTES",), at_least(65536), 8 * 2**20, 8 * 2**20,
+            "Bytes per ranged request of a segmented download; memory use is about "
+            "(`DOWNLOAD_SEGMENTS` + 2) times this.", group="models"),
+    Setting("download_retries", ("DOWNLOAD_RETRIES",), at_least(0), 5, 5,
+            "Retries after a dropped connection, a stall, 429 or 5xx, counted since the last byte that arrived.",
+            group="models"),
+    Setting("download_retry_base_sleep", ("DOWNLOAD_RETRY_BASE_SLEEP",), parse_seconds, 1.0, 1.0,
+            "First back-off sleep between download retries; it doubles each time, a `Retry-After` "
+            "header replaces it, and no sleep exceeds 60 s.", group="models"),
+    Setting("download_timeout", ("DOWNLOAD_TIMEOUT",), parse_seconds, 60.0, 60.0,
+            "Seconds a download connection may stay silent before it is dropped and retried.", group="models"),
+    Setting("download_locks", ("DOWNLOAD_LOCKS",), parse_bool, True, True,
+            "`0` turns the cross-process download lock into a no-op. Only for tests that mimic a network "
+            "filesystem whose locks do nothing.", group="models"),
+    Setting("download_lock_stale", ("DOWNLOAD_LOCK_STALE",), parse_seconds, 60.0, 60.0,
+            "Seconds without a heartbeat after which a download lock or partial file of another host "
+            "counts as abandoned (on this host a dead pid is enough).", group="models"),
+    Setting("active_versions", ("ACTIVE_VERSIONS",), parse_list, _active_versions, _active_versions,
+            "Versions whose models `modelsync` keeps present and verified, space separated.", group="models"),
+    Setting("modelsync_poll_interval", ("MODELSYNC_POLL_INTERVAL",), parse_seconds, 5.0, 5.0,
+            "Seconds `modelsync` sleeps when no download is queued before it looks again.", group="models"),
     Setting("log_silent", ("LOG_SILENT",), parse_bool, False, False,
             "`1`: suppress informational logs (errors are still written).", group="logs"),
     Setting("log_level", ("LOG_LEVEL",), choice("debug", "info", "warning", "error"), "info", "info",

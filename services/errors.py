@@ -65,6 +65,15 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("version_install_failed", 500, "Installing the version failed and left nothing half-built (after `models` the environment is installed; only models are missing). `<what>`: `comfyui_fetch`, `comfyui_commit`, `node_fetch:<name>`, `node_commit:<name>`, `venv`, `requirements`, `filesystem` (disk full, read-only) or `models`.", suffix="<id>:<what>"),
     Code("version_base_override", 422, "A requirement of the version would replace a package of the base environment (e.g. torch); list it in `python.allow_base_overrides` to allow that.", suffix="<id>:<package>"),
     Code("version_busy", 503, "Another installer of the same version held its lock longer than `VERSIONS_LOCK_TIMEOUT`.", suffix="<id>"),
+    # Model store
+    Code("invalid_model_type", 400, "The model `type` is not a ComfyUI model folder (`checkpoints`, `loras`, `vae`, ...).", suffix="<type>"),
+    Code("invalid_filename", 400, "A model file name is 1 to 255 letters, digits and ` ._+()-`, starting with a letter or digit: no `/`, `\\`, `..` name, NUL or hidden name."),
+    Code("unsupported_scheme", 400, "A model URL must be `http://`, `https://` or `gs://bucket/object`.", suffix="<scheme>"),
+    Code("download_failed", 502, "A model download failed: the HTTP status that refused it (`404`, `403`, or `429`/`5xx` after retries), `timeout`, `unreachable`, `gcs`, `io` (the model folder cannot be written), or `worker_died` (the download killed its worker repeatedly).", suffix="<status|why>"),
+    Code("size_mismatch", 502, "The source announced or delivered a size other than the expected one; nothing is at the final path."),
+    Code("checksum_mismatch", 502, "The downloaded bytes do not have the expected sha256; the file is moved to `<models>/.quarantine/` and nothing is at the final path."),
+    Code("insufficient_disk", 507, "Not enough free disk for the model; `detail` gives the bytes needed and free. Refused before any byte is written."),
+    Code("model_missing", 424, "A model of the version is absent or wrong and was not (or could not be) downloaded.", suffix="<name>"),
     # Delivery
     Code("gcs_bucket_required", 400, "`output_mode=gcs` needs `GCS_BUCKET` or a per-job `gcs_bucket`."),
     Code("gcs_upload_failed", 502, "Uploading an output to GCS failed after retries; nothing partial is reported as done.", suffix="<why>"),

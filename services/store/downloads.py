@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from services.store import leases
 from services.store.db import Database
@@ -81,6 +81,16 @@ class DownloadStore:
         self._fail_exhausted()
         row = leases.claim(self.db, "downloads", owner, LEASE_SECONDS, MAX_ATTEMPTS)
         return _row(row) if row else None
+
+    def expire_dead_owners(self, alive: Callable[[str], bool]) -> list[str]:
+        """End the leases of running rows whose owner is known to be dead, so that a restarted
+        worker resumes them at once instead of after LEASE_SECONDS."""
+        owners = {r["owner"] for r in self.db.read("SELECT DISTINCT owner FROM downloads"
+                                                   " WHERE state = 'running' AND owner IS NOT NULL")}
+        dead = sorted(owner for owner in owners if not alive(owner))
+        for owner in dead:
+            leases.expire(self.db, "downloads", owner)
+        return dead
 
     def progress(self, owner: str, download_id: str, bytes_done: int, bytes_total: int | None) -> bool:
         return leases.heartbeat(self.db, "downloads", owner, download_id, bytes_done=bytes_done,

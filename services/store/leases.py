@@ -28,6 +28,13 @@ def claim(db: Database, table: str, owner: str, lease: float, max_attempts: int)
         return conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row["id"],)).fetchone()
 
 
+def expire(db: Database, table: str, owner: str) -> None:
+    """End the lease of every row `owner` runs: the next claim may take them over."""
+    assert table in _TABLES
+    with db.write() as conn:
+        conn.execute(f"UPDATE {table} SET heartbeat_at = 0 WHERE owner = ? AND state = 'running'", (owner,))
+
+
 def heartbeat(db: Database, table: str, owner: str, item_id: str, **fields) -> bool:
     """Refresh the lease (and set progress fields); False if the row is no longer ours."""
     assert table in _TABLES

@@ -1,0 +1,1 @@
+"""The `modelsync` program (`python -m services.modelsync`); see daemon.py."""

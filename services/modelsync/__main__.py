@@ -1,0 +1,5 @@
+import sys
+
+from services.modelsync.daemon import main
+
+sys.exit(main())
