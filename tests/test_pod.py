@@ -54,7 +54,12 @@ def test_all_programs_running_behind_a_private_socket(pod):
 
 
 def test_healthz_reports_every_part(pod):
-    status, health = pod.request("GET", "/healthz")
+    deadline = time.monotonic() + 10  # the snapshot is refreshed every second
+    while True:
+        status, health = pod.request("GET", "/healthz")
+        if all(p["state"] == "RUNNING" for p in health["programs"].values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert status == 200 and health["ok"] is True
     assert health["comfy"]["state"] == "ready" and health["comfy"]["comfyui_version"]
     assert health["server_public_key_b64"] == base64.b64encode(bytes(SERVER_KEY.public_key)).decode()
@@ -82,7 +87,7 @@ def test_run_returns_a_png_through_supervisord(pod):
     ("POST", "/run", {"workflow": "{broken"}, 400, "invalid_workflow:not_json"),
     ("POST", "/run", {"workflow": workflows.image(), "async": "yes"}, 400, "invalid_payload:async"),
     ("POST", "/run", {"workflow": workflows.image(), "job_id": "../../etc"}, 400, "invalid_payload:job_id"),
-    ("POST", "/run", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, 400, "workflow_rejected:prompt_no_outputs"),
+    ("POST", "/run", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, 400, "workflow_rejected:invalid_prompt"),
     ("POST", "/run", {"encrypted": True, "epk": "AAAA"}, 400, "missing encrypted fields"),
     ("GET", "/jobs/does-not-exist", None, 404, "not_found"),
     ("DELETE", "/jobs/does-not-exist", None, 404, "not_found"),
@@ -301,3 +306,66 @@ def test_openapi_documents_every_route_and_real_answers_fit_it(pod):
     check("/jobs", "get", status, listing)
     status, accepted = pod.request("POST", "/run", {"workflow": workflows.image(color=17), "async": True})
     check("/run", "post", status, accepted)
+    status, listing = pod.request("GET", "/models/ls")
+    check("/models/ls", "get", status, listing)
+    status, downloads = pod.request("GET", "/downloads")
+    check("/downloads", "get", status, downloads)
+    status, queued = pod.request("POST", "/download", {"url": "http://127.0.0.1:9/m.safetensors", "type": "vae"})
+    check("/download", "post", status, queued)
+    status, download = pod.request("GET", f"/downloads/{queued['download_id']}")
+    check("/downloads/{download_id}", "get", status, download)
+
+
+def wait_download(pod, download_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, download = pod.request("GET", f"/downloads/{download_id}")
+        assert status == 200, download
+        if download["state"] in ("done", "failed"):
+            return download
+        time.sleep(0.1)
+    raise TimeoutError(download)
+
+
+@pytest.fixture(scope="module")
+def model_server():
+    from tests.http_server import LocalServer, static
+    with LocalServer() as server:
+        server.route("/lora.safetensors", static(b"L" * 300_000, content_type="application/octet-stream"))
+        server.route("/vae.safetensors", static(b"V" * 1000, content_type="application/octet-stream"))
+        yield server
+
+
+def test_download_queues_modelsync_and_models_ls_lists_it(pod, model_server):
+    import hashlib
+    sha = hashlib.sha256(b"L" * 300_000).hexdigest()
+    status, queued = pod.request("POST", "/download", {"url": model_server.url + "/lora.safetensors",
+                                                       "type": "loras", "sha256": sha})
+    assert status == 202
+    download = wait_download(pod, queued["download_id"])
+    assert download["state"] == "done" and download["bytes_done"] == download["bytes_total"] == 300_000
+    status, listing = pod.request("GET", "/models/ls?type=loras")
+    assert status == 200
+    assert {"name": "lora.safetensors", "size": 300_000, "sha256": sha} == {
+        k: v for k, v in listing["models"]["loras"][0].items() if k != "path"}
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"url": "http://127.0.0.1:9/x.safetensors", "type": "nonsense"}, "invalid_model_type:nonsense"),
+    ({"url": "ftp://127.0.0.1/x.safetensors", "type": "loras"}, "unsupported_scheme:ftp"),
+    ({"url": "http://127.0.0.1:9/x", "type": "loras", "filename": "../../evil.safetensors"}, "invalid_filename"),
+    ({"url": "http://127.0.0.1:9/x", "type": "loras", "filename": "a\x00b"}, "invalid_filename"),
+    ({"url": "http://127.0.0.1:9/x.safetensors", "type": "loras", "sha256": "abc"}, "invalid_payload:sha256"),
+])
+def test_bad_downloads_are_refused(pod, body, code):
+    status, error = pod.request("POST", "/download", body)
+    assert (status, error["error"]) == (400, code)
+
+
+def test_a_queued_download_survives_a_modelsync_restart(pod, model_server):
+    assert pod.ctl("stop", "modelsync").returncode == 0
+    status, queued = pod.request("POST", "/download", {"url": model_server.url + "/vae.safetensors", "type": "vae"})
+    time.sleep(0.5)
+    assert pod.request("GET", f"/downloads/{queued['download_id']}")[1]["state"] == "queued"
+    assert pod.ctl("start", "modelsync").returncode == 0
+    assert wait_download(pod, queued["download_id"])["state"] == "done"

@@ -320,26 +320,34 @@ def test_an_installer_killed_mid_install_leaves_no_version_and_the_next_one_star
 
 MODEL = {"name": "tiny.safetensors", "type": "unet", "url": "https://example.invalid/tiny.safetensors", "size": 5}
 
+def test_install_fetches_the_models_through_the_model_store(world, settings):
+    import hashlib
 
-def test_missing_models_fail_the_install_but_the_environment_stays_installed(world, settings):
-    write_spec(settings.versions_dir, "modeled", (file_url(world.comfy), world.comfy_v1), models=[MODEL])
-    spec = spec_of(settings, "modeled")
-    with pytest.raises(AppError) as failed:
-        install(spec, settings)
-    assert failed.value.code == "version_install_failed:modeled:models"
-    assert failed.value.extra["models"][0]["problem"] == "missing"
-    assert state(spec, settings) == "installed"
+    from tests.http_server import LocalServer, static
 
-    # `unet` is an alias: the model lives in the canonical diffusion_models folder.
-    path = settings.comfy_cache_root / "models" / "diffusion_models" / "tiny.safetensors"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"1234")
-    with pytest.raises(AppError) as failed:
+    data = b"tiny weights"
+    with LocalServer() as server:
+        good = server.route("/tiny.safetensors", static(data, content_type="application/octet-stream"))
+        missing = server.url + "/gone.safetensors"
+        model = {"name": "tiny.safetensors", "type": "unet", "url": good, "size": len(data),
+                 "sha256": hashlib.sha256(data).hexdigest()}
+        write_spec(settings.versions_dir, "modeled", (file_url(world.comfy), world.comfy_v1), models=[model])
+        spec = spec_of(settings, "modeled")
+        install(spec, settings, models=False)  # the environment only
+        assert not (settings.comfy_cache_root / "models" / "diffusion_models" / "tiny.safetensors").exists()
         install(spec, settings)
-    assert failed.value.extra["models"][0] | {"path": None} == {
-        "model": "tiny.safetensors", "type": "unet", "problem": "size", "path": None, "expected": 5, "found": 4}
-    path.write_bytes(b"12345")
-    assert not install(spec, settings).built
+        # `unet` is an alias: the model lives in the canonical diffusion_models folder.
+        path = settings.comfy_cache_root / "models" / "diffusion_models" / "tiny.safetensors"
+        assert path.read_bytes() == data
+        assert verify(spec, settings)["ok"]
+
+        broken = dict(model, name="gone.safetensors", url=missing, sha256="0" * 64)
+        write_spec(settings.versions_dir, "broken", (file_url(world.comfy), world.comfy_v1), models=[broken])
+        with pytest.raises(AppError) as failed:
+            install(spec_of(settings, "broken"), settings)
+    assert failed.value.code == "version_install_failed:broken:models"
+    assert failed.value.extra["models"][0]["error"] == "download_failed:404"
+    assert state(spec_of(settings, "broken"), settings) == "installed"  # only its models are missing
 
 
 def test_verify_finds_every_kind_of_drift(world, settings):

@@ -13,7 +13,7 @@ import falcon
 import falcon.asgi
 
 from services import __version__, config, logs
-from services.api import http, jobs
+from services.api import http, jobs, models
 from services.api.executor import JobExecutor, worker_id
 from services.api.health import HealthState
 from services.api.openapi import OpenApiResource
@@ -23,6 +23,7 @@ from services.jobs.runner import JobRunner
 from services.pod.comfy import PodComfy
 from services.store.comfy_state import ComfyStateStore
 from services.store.db import Database
+from services.store.downloads import DownloadStore
 from services.store.jobs import JobStore
 from services.versions.spec import SpecStore
 
@@ -101,4 +102,5 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     app.add_route("/healthz", HealthResource(health))
     app.add_route("/openapi.json", OpenApiResource())
     jobs.route(app, settings, runner, executor, store, comfy)
+    models.route(app, settings, DownloadStore(db))
     return app

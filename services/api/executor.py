@@ -134,7 +134,13 @@ class JobExecutor:
             await asyncio.to_thread(self.store.finish, self.owner, job.id, reply)
             return {"status": 200, "body": reply}
         except AppError as exc:
-            await asyncio.to_thread(self.store.fail, self.owner, job.id, exc.code, exc.detail)
+            if exc.prefix == "interrupted" and await asyncio.to_thread(self.store.cancel_requested, [job.id]):
+                # DELETE /jobs/{id} in another worker interrupted ComfyUI before our heartbeat saw
+                # the flag: the job was cancelled, not broken.
+                exc = AppError("cancelled", "cancelled while running", extra=exc.extra)
+                await asyncio.to_thread(self.store.fail, self.owner, job.id, exc.code, exc.detail, "cancelled")
+            else:
+                await asyncio.to_thread(self.store.fail, self.owner, job.id, exc.code, exc.detail)
             return {"status": exc.status, "body": {**exc.as_dict(), "job_id": job.id}}
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.store.fail, self.owner, job.id, "cancelled",

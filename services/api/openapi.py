@@ -84,6 +84,32 @@ SCHEMAS = {
                        "result": {"oneOf": [_ref("RunResult"), _ref("SealedReply")]},
                        "error": {"type": "string"}, "detail": {"type": ["string", "null"]}},
     },
+    "DownloadRequest": {
+        "type": "object", "required": ["url", "type"],
+        "properties": {"url": {"type": "string", "description": "http(s):// or gs://bucket/object"},
+                       "type": {"type": "string", "description": "ComfyUI model folder: checkpoints, loras, vae, "
+                                "text_encoders (clip), diffusion_models (unet), controlnet, upscale_models, ..."},
+                       "filename": {"type": "string", "description": "default: the URL's last path segment"},
+                       "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                       "size": {"type": "integer", "minimum": 0}},
+    },
+    "Download": {
+        "type": "object", "required": ["download_id", "state"],
+        "properties": {"download_id": {"type": "string"},
+                       "state": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+                       "url": {"type": "string"}, "type": {"type": "string"}, "filename": {"type": "string"},
+                       "sha256": {"type": ["string", "null"]}, "bytes_done": {"type": "integer"},
+                       "bytes_total": {"type": ["integer", "null"]}, "path": {"type": ["string", "null"]},
+                       "error": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]},
+                       "attempts": {"type": "integer"}, "created_at": {"type": "number"},
+                       "updated_at": {"type": "number"}},
+    },
+    "Model": {
+        "type": "object", "required": ["name", "size", "path"],
+        "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
+                       "sha256": {"type": ["string", "null"], "description": "known once verified and unchanged"},
+                       "path": {"type": "string"}},
+    },
     "Health": {
         "type": "object", "required": ["ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "programs", "version"],
         "properties": {"ok": {"type": "boolean"}, "model_dir": {"type": "string"},
@@ -124,6 +150,28 @@ PATHS = {
         "delete": {"summary": "Cancel a job (interrupts ComfyUI when it runs)",
                    "responses": {"200": _json(_ref("Job"), "Already finished"),
                                  "202": _json(_ref("Job"), "Cancel requested"), **_ERRORS}}},
+    "/download": {"post": {
+        "summary": "Queue a model download for the modelsync program (a running one for the same file is joined)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("DownloadRequest")}}},
+        "responses": {"202": _json({"type": "object", "required": ["download_id", "state"],
+                                    "properties": {"download_id": {"type": "string"}, "state": {"type": "string"}}},
+                                   "Queued; poll /downloads/{download_id}"), **_ERRORS}}},
+    "/downloads": {"get": {
+        "summary": "Recent downloads",
+        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {"200": _json({"type": "object", "required": ["downloads"],
+                                    "properties": {"downloads": {"type": "array", "items": _ref("Download")}}},
+                                   "Downloads"), **_ERRORS}}},
+    "/downloads/{download_id}": {
+        "parameters": [{"name": "download_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "State and bytes done/total of a download",
+                "responses": {"200": _json(_ref("Download"), "The download"), **_ERRORS}}},
+    "/models/ls": {"get": {
+        "summary": "Every model ComfyUI can load, by type, with size and sha256 where known",
+        "parameters": [{"name": "type", "in": "query", "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object", "required": ["models"],
+                                    "properties": {"models": {"type": "object", "additionalProperties": {
+                                        "type": "array", "items": _ref("Model")}}}}, "Models"), **_ERRORS}}},
 }
 
 

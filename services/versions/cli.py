@@ -25,7 +25,11 @@ def add_parser(subparsers) -> None:
     for name, text in (("install", "install a version from versions/<ID>.json (a no-op when installed)"),
                        ("verify", "check that an installed version still matches its spec and lock file"),
                        ("remove", "delete an installed version")):
-        sub.add_parser(name, help=text).add_argument("version_id", metavar="ID")
+        command = sub.add_parser(name, help=text)
+        command.add_argument("version_id", metavar="ID")
+        if name == "install":
+            command.add_argument("--no-models", action="store_true",
+                                 help="install the environment only; the models are fetched later")
 
 
 def run(args, settings) -> int:
@@ -37,7 +41,7 @@ def run(args, settings) -> int:
         print(json.dumps(rows, indent=2) if args.json else _table(rows))
         return 0
     if command == "install":
-        return emit(lambda: install(specs.load(args.version_id), settings).as_dict())
+        return emit(lambda: install(specs.load(args.version_id), settings, models=not args.no_models).as_dict())
     if command == "verify":
         return emit(lambda: verify(specs.load(args.version_id), settings), failed=lambda report: not report["ok"])
     return emit(lambda: remove(args.version_id, settings))

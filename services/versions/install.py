@@ -74,8 +74,9 @@ def state(spec: VersionSpec, settings) -> str:
     return "installed" if lock.get("fingerprint") == fingerprint(spec, settings) else "outdated"
 
 
-def install(spec: VersionSpec, settings) -> InstallResult:
-    """Install the version unless it is installed; then check its models (AppError on failure)."""
+def install(spec: VersionSpec, settings, *, models: bool = True) -> InstallResult:
+    """Install the version unless it is installed; then fetch and verify its models through the
+    model store (`models=False` skips them, e.g. an image that keeps weights on a volume)."""
     start = time.perf_counter()
     layout = Layout.of(settings.versions_root, spec.id)
     wanted = fingerprint(spec, settings)
@@ -91,10 +92,10 @@ def install(spec: VersionSpec, settings) -> InstallResult:
         except OSError as exc:  # a full disk, a read-only volume: a code, not a traceback
             raise AppError("version_install_failed", f"{exc.strerror}: {exc.filename or layout.root}",
                            suffix=f"{spec.id}:filesystem") from None
-    problems = check_models(spec, settings)
+    problems = check_models(spec, settings, fix=True) if models else []
     if problems:
-        names = ", ".join(f"{p['model']} ({p['problem']})" for p in problems)
-        raise AppError("version_install_failed", f"models not in the cache: {names}",
+        names = ", ".join(f"{p['model']} ({p['error'] or p['problem']})" for p in problems)
+        raise AppError("version_install_failed", f"models could not be fetched and verified: {names}",
                        suffix=f"{spec.id}:models", extra={"models": problems})
     ms = round((time.perf_counter() - start) * 1000, 2)
     log.info("version_installed" if built else "version_already_installed", version_id=spec.id, ms=ms,

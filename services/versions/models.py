@@ -1,29 +1,19 @@
-"""Whether a version's models are in the shared cache.
-
-Stand-in for the model store (services/models/), which will fetch and verify them: until it
-lands, installing and verifying a version only look for each model at
-`COMFY_CACHE_ROOT/models/<canonical type>/<name>` and compare its size. `check_models` is the
-one function the model store replaces.
-"""
+"""A version's models, through the model store (services/models/): checked against the shared
+cache (size and sha256, through the hash index, so unchanged files are not read again) and,
+when asked, fetched into it."""
 from __future__ import annotations
 
 from typing import Any
 
-from services import model_types
+from services.models.locks import owner_token
+from services.models.verify import verify_models
 from services.versions.spec import VersionSpec
 
 
-def check_models(spec: VersionSpec, settings) -> list[dict[str, Any]]:
-    """One problem per model that is missing or has the wrong size; empty when all are there."""
-    problems = []
-    for model in spec.models:
-        path = settings.comfy_cache_root / "models" / model_types.canonical(model.type) / model.name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            problems.append({"model": model.name, "type": model.type, "problem": "missing", "path": str(path)})
-            continue
-        if model.size is not None and size != model.size:
-            problems.append({"model": model.name, "type": model.type, "problem": "size",
-                             "path": str(path), "expected": model.size, "found": size})
-    return problems
+def check_models(spec: VersionSpec, settings, *, fix: bool = False) -> list[dict[str, Any]]:
+    """One problem per model that is not verified (after fetching it when `fix`); empty when all are."""
+    if not spec.models:
+        return []
+    reports = verify_models(settings, spec.models, fix=fix, owner=owner_token())
+    return [{"model": r.name, "type": r.type, "problem": r.status, "path": r.path, "error": r.error,
+             "detail": r.detail} for r in reports if not r.ok]
