@@ -28,6 +28,16 @@ def pod(tmp_path_factory):
     pod.stop()
 
 
+@pytest.fixture(scope="module")
+def model_server():
+    from tests.http_server import LocalServer, static
+    with LocalServer() as server:
+        server.route("/lora.safetensors", static(b"L" * 300_000, content_type="application/octet-stream"))
+        server.route("/vae.safetensors", static(b"V" * 1000, content_type="application/octet-stream"))
+        server.route("/doc.safetensors", static(b"D" * 10, content_type="application/octet-stream"))
+        yield server
+
+
 def wait_job(pod, job_id, states=("succeeded", "failed", "cancelled"), timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -269,7 +279,7 @@ def _documented_responses(doc, path, method, status):
     return operation["responses"][str(status)]["content"]["application/json"]["schema"]
 
 
-def test_openapi_documents_every_route_and_real_answers_fit_it(pod):
+def test_openapi_documents_every_route_and_real_answers_fit_it(pod, model_server):
     import jsonschema
 
     from services.api.app import create_app
@@ -310,7 +320,7 @@ def test_openapi_documents_every_route_and_real_answers_fit_it(pod):
     check("/models/ls", "get", status, listing)
     status, downloads = pod.request("GET", "/downloads")
     check("/downloads", "get", status, downloads)
-    status, queued = pod.request("POST", "/download", {"url": "http://127.0.0.1:9/m.safetensors", "type": "vae"})
+    status, queued = pod.request("POST", "/download", {"url": model_server.url + "/doc.safetensors", "type": "vae"})
     check("/download", "post", status, queued)
     status, download = pod.request("GET", f"/downloads/{queued['download_id']}")
     check("/downloads/{download_id}", "get", status, download)
@@ -325,15 +335,6 @@ def wait_download(pod, download_id, timeout=60):
             return download
         time.sleep(0.1)
     raise TimeoutError(download)
-
-
-@pytest.fixture(scope="module")
-def model_server():
-    from tests.http_server import LocalServer, static
-    with LocalServer() as server:
-        server.route("/lora.safetensors", static(b"L" * 300_000, content_type="application/octet-stream"))
-        server.route("/vae.safetensors", static(b"V" * 1000, content_type="application/octet-stream"))
-        yield server
 
 
 def test_download_queues_modelsync_and_models_ls_lists_it(pod, model_server):

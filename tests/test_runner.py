@@ -28,7 +28,7 @@ def png_bytes(color=(255, 0, 0), size=(8, 8)) -> bytes:
 async def run_jobs(url, payloads, env=None, **run_kwargs):
     settings = Settings.from_env({"DEFAULT_VERSION_ID": "demo", **(env or {})})
     client = ComfyClient(url)
-    runner = JobRunner(settings, SpecStore(REPO_ROOT / "versions"), FixedComfy(client))
+    runner = JobRunner(settings, SpecStore(settings.versions_dir), FixedComfy(client))
     try:
         return await asyncio.gather(*(runner.run(p, **run_kwargs) for p in payloads), return_exceptions=True)
     finally:
@@ -182,3 +182,38 @@ def test_adopting_a_prompt_submitted_by_a_dead_worker(comfy):
             await client.close()
     prompt_id, result = asyncio.run(go())
     assert result["prompt_id"] == prompt_id and result["outputs"]
+
+
+def test_the_versions_models_are_fetched_before_the_job_and_timed(comfy, tmp_path):
+    import hashlib
+    import shutil
+
+    from tests.http_server import LocalServer, send
+
+    weights = b"W" * 4096
+    hits = []
+
+    def serve(req):
+        hits.append(req.path)
+        send(req, 200, weights)
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    shutil.copy(REPO_ROOT / "versions" / "demo.json", versions / "demo.json")
+    with LocalServer() as server:
+        url = server.route("/w.safetensors", serve)
+        spec = json.loads((versions / "demo.json").read_text())
+        spec["models"] = [{"name": "w.safetensors", "type": "checkpoints", "url": url, "size": len(weights),
+                           "sha256": hashlib.sha256(weights).hexdigest()}]
+        (versions / "demo.json").write_text(json.dumps(spec))
+        env = {"VERSIONS_DIR": str(versions), "DATA_ROOT": str(tmp_path / "data")}
+        first = one(comfy.url, {"workflow": workflows.image(color=31)}, env=env)
+        second = one(comfy.url, {"workflow": workflows.image(color=32)}, env=env)
+        assert (tmp_path / "data" / "models" / "checkpoints" / "w.safetensors").read_bytes() == weights
+        assert len(hits) == 1  # fetched once; the second job only checked it
+        assert "models" in first["timings_ms"] and second["timings_ms"]["models"] < first["timings_ms"]["models"] + 1000
+
+        spec["models"][0].update(name="gone.safetensors", url=server.url + "/gone", sha256="1" * 64)
+        (versions / "demo.json").write_text(json.dumps(spec))
+        with pytest.raises(AppError) as err:
+            one(comfy.url, {"workflow": workflows.image(color=33)}, env=env)
+    assert err.value.code == "model_missing:gone.safetensors" and "404" in err.value.detail

@@ -23,6 +23,7 @@ from services.jobs.delivery import Base64Delivery, Delivery, deliver_outcome
 from services.jobs.fetch import FetchFailed, fetch_bytes
 from services.jobs.request import InputImage, JobRequest, parse_request
 from services.jobs.workflow import fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
+from services.versions.models import check_models
 from services.versions.spec import SpecStore, VersionSpec
 
 log = logs.get("jobs.runner")
@@ -128,6 +129,8 @@ class JobRunner:
         watch.lap("validate")
         if self.settings.dry_run:
             return {"job_id": job_id, "version_id": spec.id, "dry_run": True, "outputs": []}
+        await self._models_present(spec)
+        watch.lap("models")
 
         comfy = await self.provider.client_for(spec)
         in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
@@ -187,6 +190,18 @@ class JobRunner:
             result["cached_nodes"] = outcome.cached_nodes
         log.info("job_done", job_id=job_id, prompt_id=prompt_id, outputs=len(outputs), **watch.marks)
         return result
+
+    async def _models_present(self, spec: VersionSpec) -> None:
+        """Verify the version's models (the hash index makes this a few stat() calls when
+        nothing changed) and fetch what is missing, before ComfyUI is asked for."""
+        if not spec.models:
+            return
+        problems = await asyncio.to_thread(check_models, spec, self.settings, fix=True)
+        if problems:
+            first = problems[0]
+            raise AppError("model_missing", f"{first['model']}: {first['error'] or first['problem']}"
+                           + (f" ({first['detail']})" if first.get("detail") else ""),
+                           suffix=first["model"], extra={"models": problems})
 
     async def _adopt(self, comfy: ComfyClient, prompt_id: str, prompt: dict, timeout: float,
                      on_progress: ProgressCallback | None):
