@@ -7,7 +7,6 @@ is a terminal. On failure the error JSON is printed and the exit status is 1.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys

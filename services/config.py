@@ -237,8 +237,9 @@ SETTINGS: tuple[Setting, ...] = (
     # --- pod programs ---
     Setting("supervisor_socket", ("SUPERVISOR_SOCKET",), parse_str, "", "",
             "Unix socket of supervisord, for /healthz's program list (set by etc/supervisord.conf).", group="pod"),
-    Setting("api_workers", ("API_WORKERS",), parse_int, 2, 2,
-            "gunicorn worker processes of the Pod API (each runs jobs too).", group="pod"),
+    Setting("api_workers", ("API_WORKERS",), parse_int, 1, 1,
+            "gunicorn worker processes of the Pod API (each runs jobs too). One event loop already keeps "
+            "thousands of requests waiting; more workers cost about 60 MB each.", group="pod"),
     Setting("api_job_concurrency", ("API_JOB_CONCURRENCY",), parse_int, 16, 16,
             "Jobs one API worker keeps in ComfyUI's queue at once (ComfyUI still runs them one by one).",
             group="pod"),

@@ -7,7 +7,7 @@ import pytest
 
 from services.config import REPO_ROOT, Settings
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
+from services.jobs.runner import JobRunner
 from services.jobs.workflow import isolate_outputs
 from services.versions.spec import SpecStore
 from tests.http_server import LocalServer, send, static

@@ -13,7 +13,8 @@ import pytest
 from services import logs
 from services.errors import AppError
 from services.models import downloader
-from services.models.sources import HttpSource, host_tokens, open_source, public_url, token_for
+from services.models.sources import host_tokens, open_source, public_url, token_for
+from services.models.transport import HttpSource
 from tests.http_server import free_port, send
 from tests.model_fixtures import fetch, litter, make_settings, payload, server, sha, target  # noqa: F401
 from tests.model_server import Blob, Status

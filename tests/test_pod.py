@@ -23,7 +23,8 @@ SERVER_KEY_B64 = base64.b64encode(bytes(SERVER_KEY)).decode()
 
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory):
-    pod = start_pod(tmp_path_factory.mktemp("pod"), env={"WORKER_PRIVATE_KEY_B64": SERVER_KEY_B64})
+    # Two API workers: jobs must survive one of them dying while the other carries on.
+    pod = start_pod(tmp_path_factory.mktemp("pod"), env={"WORKER_PRIVATE_KEY_B64": SERVER_KEY_B64, "API_WORKERS": "2"})
     yield pod
     pod.stop()
 

@@ -20,7 +20,6 @@ import pytest
 
 from services.config import REPO_ROOT
 from services.errors import AppError
-from services.versions import lock as version_lock
 from services.versions.install import install, remove, state
 from services.versions.layout import Layout
 from services.versions.registry import list_versions

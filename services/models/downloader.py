@@ -20,14 +20,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from services.errors import AppError
 from services.models import segments
 from services.models.integrity import hash_into
 from services.models.retry import Backoff
 from services.models.segments import Batch
-from services.models.sources import Body, GcsSource, HttpSource, RangeNotSatisfiable, Transient
+from services.models.sources import Body, RangeNotSatisfiable, Transient
+
+if TYPE_CHECKING:  # the transports load on the first download (sources.open_source)
+    from services.models.transport import GcsSource, HttpSource
 
 CHUNK = 1 << 20
 REPORT_EVERY = 0.2
@@ -89,7 +92,7 @@ def check_disk(folder: Path, needed: int) -> None:
                        extra={"needed": needed, "free": free})
 
 
-def download(source: HttpSource | GcsSource, partial: Path, *, size: int | None, options: Options,
+def download(source: "HttpSource | GcsSource", partial: Path, *, size: int | None, options: Options,
              on_progress: Progress, stop: threading.Event) -> tuple[int, str]:
     """Fill `partial` with the whole file; returns (size, sha256) once it is fsynced."""
     ticker = Ticker(on_progress, stop)

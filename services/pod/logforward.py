@@ -4,6 +4,9 @@ supervisord writes each program's output to its own rotated file; this listener 
 same lines as PROCESS_LOG events and writes them to its stderr, which etc/supervisord.conf
 points at supervisord's own stdout. Lines that are already JSON pass through; other lines
 (ComfyUI's own output) are wrapped as JSON with the program's name.
+
+The listener protocol (READY, a header line, a payload of `len` bytes, RESULT) is spoken with
+the standard library alone: supervisor.childutils would cost this always-on process 12 MB.
 """
 from __future__ import annotations
 
@@ -11,32 +14,38 @@ import json
 import sys
 import time
 
-from supervisor import childutils
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(part.split(":", 1) for part in line.split() if ":" in part)
 
 
-def _forward(headers: dict, payload: str) -> None:
+def forward(payload: str, out=sys.stderr) -> None:
     header_line, _, data = payload.partition("\n")
-    fields = dict(part.split(":", 1) for part in header_line.split() if ":" in part)
-    program = fields.get("processname", "?")
+    program = _fields(header_line).get("processname", "?")
     for line in data.splitlines():
         if not line.strip():
             continue
         if line.startswith("{") and line.endswith("}"):
-            sys.stderr.write(line + "\n")
+            out.write(line + "\n")
         else:
-            sys.stderr.write(json.dumps({"ts": round(time.time(), 3), "level": "info", "logger": program,
-                                         "event": "output", "line": line}, ensure_ascii=False) + "\n")
-    sys.stderr.flush()
+            out.write(json.dumps({"ts": round(time.time(), 3), "level": "info", "logger": program,
+                                  "event": "output", "line": line}, ensure_ascii=False) + "\n")
+    out.flush()
 
 
 def main() -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout
     while True:
-        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
+        stdout.write("READY\n")
+        stdout.flush()
+        header = _fields(stdin.readline().decode())
+        payload = stdin.read(int(header.get("len", 0))).decode("utf-8", "replace")
         try:
-            if headers.get("eventname", "").startswith("PROCESS_LOG"):
-                _forward(headers, payload)
+            if header.get("eventname", "").startswith("PROCESS_LOG"):
+                forward(payload)
         finally:
-            childutils.listener.ok(sys.stdout)
+            stdout.write("RESULT 2\nOK")
+            stdout.flush()
 
 
 if __name__ == "__main__":
