@@ -26,8 +26,12 @@ test-real: venv
 	test -n "$(COMFYUI_DIR)" || { echo "set COMFYUI_DIR=/path/to/ComfyUI"; exit 2; }
 	COMFYUI_DIR="$(COMFYUI_DIR)" $(PY) -m pytest -q -m comfy
 
+# Benchmarks print ratios against baselines measured in the same run (never part of `make test`).
 bench: venv
 	$(PY) bench/overhead.py
+	$(PY) bench/api.py
+	$(PY) bench/serverless.py
+	$(PY) bench/models.py
 	$(PY) bench/versions.py
 
 clean:
