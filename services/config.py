@@ -209,6 +209,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Google Cloud project of the bucket (`GOOGLE_CLOUD_PROJECT` is accepted too).", group="outputs"),
     Setting("google_application_credentials", ("GOOGLE_APPLICATION_CREDENTIALS",), parse_str, "", "",
             "Path of the service-account JSON used for uploads and signed URLs.", group="outputs"),
+    Setting("storage_emulator_host", ("STORAGE_EMULATOR_HOST",), parse_str, "", "",
+            "Read by google-cloud-storage itself: send GCS calls to an emulator (tests); without "
+            "GOOGLE_APPLICATION_CREDENTIALS the appliance then uses anonymous credentials.", group="outputs"),
     Setting("gcs_retries", ("GCS_RETRIES",), parse_int, 3, 3, "Upload attempts before `gcs_upload_failed`.", group="outputs"),
     Setting("gcs_retry_base_sleep", ("GCS_RETRY_BASE_SLEEP",), parse_seconds, 0.5, 0.5,
             "First back-off sleep between upload attempts (doubles each time).", group="outputs"),

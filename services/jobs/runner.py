@@ -23,6 +23,7 @@ from services.jobs.delivery import Base64Delivery, Delivery, deliver_outcome
 from services.jobs.fetch import FetchFailed, fetch_bytes
 from services.jobs.request import InputImage, JobRequest, parse_request
 from services.jobs.workflow import fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
+from services.outputs.gcs import GcsDelivery
 from services.versions.models import check_models
 from services.versions.spec import SpecStore, VersionSpec
 
@@ -84,7 +85,7 @@ class JobRunner:
         self.settings = settings
         self.specs = specs
         self.provider = provider
-        self.deliveries = deliveries or {"base64": Base64Delivery()}
+        self.deliveries = deliveries or {"base64": Base64Delivery(), "gcs": GcsDelivery(settings)}
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
