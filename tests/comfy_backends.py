@@ -12,12 +12,9 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tests.standin_process import REPO_ROOT, StandinProcess, free_port, start_standin
+from tests.standin_process import REPO_ROOT, StandinProcess, free_port, start_standin, wait_answering
 
 REAL_DIR = os.environ.get("COMFYUI_DIR")
 CUSTOM_NODES = REPO_ROOT / "tests" / "fixtures" / "comfy_nodes"
@@ -45,19 +42,7 @@ def start_real(tmp_path: Path, ready_timeout: float = 180.0) -> StandinProcess:
             "--extra-model-paths-config", str(extra), "--disable-auto-launch"]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(argv, cwd=REAL_DIR, stdout=log_file, stderr=subprocess.STDOUT)
-    handle = StandinProcess(proc, port, base_dir, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{handle.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(handle.url + "/prompt", timeout=1):
-                return handle
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                handle.stop()
-                raise TimeoutError(f"ComfyUI did not answer in {ready_timeout} s:\n{handle.log()[-3000:]}")
-            time.sleep(0.2)
+    return wait_answering(StandinProcess(proc, port, base_dir, log_path), "ComfyUI", ready_timeout, 0.2)
 
 
 def start_comfy(tmp_path: Path) -> StandinProcess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.standin_process import REPO_ROOT, free_port, write_fake_comfy_home
+from tests.standin_process import REPO_ROOT, free_port, stop_process, write_fake_comfy_home
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
@@ -98,14 +97,7 @@ class Pod:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
 
 def start_pod(root: Path, env: dict | None = None, comfy_home: str = "fake", wait: bool = True) -> Pod:

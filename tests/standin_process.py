@@ -63,15 +63,35 @@ class StandinProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> int:
-        """Ask it to stop (SIGTERM); kill it if it has not exited after `timeout` seconds."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> int:
+    """Ask it to stop (SIGTERM); kill it if it has not exited after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def wait_answering(handle: StandinProcess, what: str, timeout: float, poll: float) -> StandinProcess:
+    """Return once `/prompt` answers; fail at once if the process exits, or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if handle.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {handle.proc.returncode} before answering:\n{handle.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(handle.url + "/prompt", timeout=1):
+                return handle
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                handle.stop()
+                raise TimeoutError(f"{what} did not answer within {timeout} s:\n{handle.log()[-3000:]}")
+            time.sleep(poll)
 
 
 def free_port() -> int:
@@ -124,16 +144,4 @@ def start_standin(tmp_path: Path, *extra_args: str, port: int | None = None,
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(standin_command(base_dir, port, *extra_args), cwd=REPO_ROOT,
                                 env=standin_env(), stdout=log_file, stderr=subprocess.STDOUT)
-    standin = StandinProcess(proc, port, base_dir, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"stand-in exited with {proc.returncode} before answering:\n{standin.log()}")
-        try:
-            with urllib.request.urlopen(standin.url + "/prompt", timeout=1):
-                return standin
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                standin.stop()
-                raise TimeoutError(f"stand-in did not answer within {ready_timeout} s:\n{standin.log()}")
-            time.sleep(0.05)
+    return wait_answering(StandinProcess(proc, port, base_dir, log_path), "stand-in", ready_timeout, 0.05)
