@@ -55,7 +55,10 @@ class Worker:
         """Start ComfyUI for the default version in the background (never with DRY_RUN)."""
         if self.settings.dry_run:
             return None
-        version_id = self.settings.default_version_id or ("demo" if self.settings.is_set("comfy_home") else "")
+        version_id = self.settings.default_version_id
+        if not version_id and self.settings.is_set("comfy_home"):
+            # Developer mode runs COMFY_HOME whatever the version: any spec names it.
+            version_id = next(iter(self.specs.ids()), "")
         if not version_id:
             return None  # nothing to warm: the first job's version decides
         return self.submit(self._warm(version_id))
