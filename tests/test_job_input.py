@@ -67,6 +67,7 @@ def code_of(payload, **env) -> str:
     ({"version_id": "demo", "workflow": WORKFLOW, "output_mode": "gcs"}, "gcs_bucket_required"),
     ({"version_id": "demo", "workflow": WORKFLOW, "timeout": -3}, "invalid_payload:timeout"),
     ({"version_id": "demo", "workflow": WORKFLOW, "models_dir": "rel/path"}, "invalid_payload:models_dir"),
+    ({"version_id": "demo", "workflow": WORKFLOW, "models_dir": "/elsewhere/models"}, "invalid_payload:models_dir"),
     ({"version_id": "demo", "workflow": WORKFLOW, "images": [{"name": "../x.png", "image": "AA=="}]}, "invalid_input_image:0"),
     ({"version_id": "demo", "workflow": WORKFLOW, "images": [{"name": "x.png"}]}, "invalid_input_image:x.png"),
 ])
@@ -77,6 +78,12 @@ def test_bad_payloads(payload, code):
 def test_default_version_and_workflow_are_used():
     request, spec, workflow = prepare({}, DEFAULT_VERSION_ID="demo")
     assert spec.id == "demo" and workflow == spec.workflow
+
+
+def test_models_dir_may_name_the_folder_the_worker_reads():
+    request, _, _ = prepare({"version_id": "demo", "workflow": WORKFLOW, "models_dir": "/vol/models/"},
+                            MODELS_DIR="/vol/models")
+    assert request.models_dir == "/vol/models/"
 
 
 def test_workflow_as_json_string():

@@ -115,8 +115,13 @@ def parse_request(payload: Any, settings) -> JobRequest:
         raise _bad("timeout", "timeout must be a positive number of seconds")
 
     models_dir = _optional_str(payload, "models_dir")
-    if models_dir is not None and not models_dir.startswith("/"):
-        raise _bad("models_dir", "models_dir must be an absolute path")
+    if models_dir is not None:
+        # ComfyUI's model folders are fixed when it starts (extra_model_paths), so a job can only
+        # name one this worker already reads; silently using another folder would be worse.
+        known = {str(settings.models_dir), str(settings.comfy_cache_root / "models")}
+        if models_dir.rstrip("/") not in known:
+            raise _bad("models_dir", f"this worker reads models from {' and '.join(sorted(known))}; "
+                       "set MODELS_DIR (or COMFYUI_MODEL_DIR) to use another folder")
 
     return JobRequest(
         version_id=version_id,
