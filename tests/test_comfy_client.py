@@ -196,3 +196,22 @@ def test_restarted_comfy_that_lost_the_prompt_is_a_crash(tmp_path):
         finally:
             await client.close()
     assert run(go()).code == "comfy_crashed"
+
+
+def test_small_routes(comfy):
+    async def go():
+        client = ComfyClient(comfy.url)
+        try:
+            stats = await client.system_stats()
+            info = await client.object_info("SaveImage")
+            everything = await client.object_info()
+            await client.free(unload_models=True, free_memory=True)
+            queue = await client.queue()
+            return stats, info, everything, queue, await client.ping()
+        finally:
+            await client.close()
+    stats, info, everything, queue, alive = run(go())
+    assert stats["system"]["comfyui_version"] and stats["devices"]
+    assert info["SaveImage"]["input"]["required"]["filename_prefix"][0] == "STRING"
+    assert {"EmptyImage", "SaveImage", "StandinSleep"} <= set(everything)
+    assert set(queue) == {"queue_running", "queue_pending"} and alive is True
