@@ -20,6 +20,7 @@ from services import logs
 from services.comfy.client import Progress
 from services.errors import AppError
 from services.jobs.runner import JobRunner
+from services.periodic import Periodic
 from services.security.envelope import open_payload
 from services.store.jobs import LEASE_SECONDS, Job, JobStore
 
@@ -39,17 +40,19 @@ class JobExecutor:
         self.tasks: dict[str, asyncio.Task] = {}
         self.progress: dict[str, float] = {}
         self._wake = asyncio.Event()
-        self._loops: list[asyncio.Task] = []
+        self._claimer: asyncio.Task | None = None
+        self._heartbeat = Periodic("heartbeat", HEARTBEAT_SECONDS, lambda: asyncio.to_thread(self._beat))
 
     # ---- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._claim_loop()), loop.create_task(self._heartbeat_loop())]
+        self._claimer = asyncio.get_running_loop().create_task(self._claim_loop())
+        self._heartbeat.start()
 
     async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._heartbeat.stop()
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -100,16 +103,6 @@ class JobExecutor:
             except Exception:  # a locked or vanished database must not kill the loop
                 log.error("claim_failed", exc_info=True)
                 await asyncio.sleep(1)
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            try:
-                await asyncio.to_thread(self._beat)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.error("heartbeat_failed", exc_info=True)
 
     def _beat(self) -> None:
         job_ids = list(self.tasks)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from services import logs
 from services.comfy.client import ComfyClient
 from services.gpu import state as gpu_state
+from services.periodic import Periodic
 from services.pod.supervisor import Supervisor
 from services.security.envelope import public_key_b64
 
@@ -35,26 +36,14 @@ class HealthState:
         self.status = 503
         self._stats: dict[str, Any] = {}
         self._stats_at = 0.0
-        self._task: asyncio.Task | None = None
         self._public_key = public_key_b64(settings)
+        self._refresher = Periodic("health_refresh", REFRESH_SECONDS, self.refresh)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.error("health_refresh_failed", exc_info=True)
-            await asyncio.sleep(REFRESH_SECONDS)
+        await self._refresher.stop()
 
     async def refresh(self) -> None:
         comfy_up = await self.comfy.ping()

@@ -16,6 +16,7 @@ import xmlrpc.client
 from services import logs
 from services.comfy.client import ComfyClient
 from services.errors import AppError
+from services.periodic import Periodic
 from services.pod import restarts
 from services.pod import runtime as runtime_file
 from services.pod.supervisor import Supervisor
@@ -37,27 +38,18 @@ class PodComfy:
         self.owner = owner
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self._label: str | None = None
-        self._beat_task: asyncio.Task | None = None
+        self._leases = Periodic("lease_heartbeat", LEASE_SECONDS / 5,
+                                lambda: asyncio.to_thread(self.store.beat_leases, self.owner))
         # The store tells workers apart, not a worker's own jobs: inside one worker, one job
         # at a time asks for ComfyUI, so two of its jobs never both become the switcher.
         self._asking = asyncio.Lock()
 
     # ---- lifespan: keep this worker's leases alive ----------------------------------------
     def start(self) -> None:
-        self._beat_task = asyncio.get_running_loop().create_task(self._beat())
+        self._leases.start()
 
     async def stop(self) -> None:
-        if self._beat_task:
-            self._beat_task.cancel()
-            await asyncio.gather(self._beat_task, return_exceptions=True)
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 5)
-            try:
-                await asyncio.to_thread(self.store.beat_leases, self.owner)
-            except Exception:
-                log.error("lease_heartbeat_failed", exc_info=True)
+        await self._leases.stop()
 
     # ---- provider interface ---------------------------------------------------------------
     @property
