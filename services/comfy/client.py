@@ -99,11 +99,16 @@ class ComfyClient:
         except json.JSONDecodeError:
             raise AppError("comfy_protocol_error", f"{method} {path} answered non-JSON") from None
 
-    async def _checked(self, method: str, path: str, **kwargs) -> Any:
+    async def _reach(self, method: str, path: str, **kwargs) -> Any:
+        """`_call` for requests made outside a running prompt: a refused connection only means
+        ComfyUI is not there (`_poll` alone reads it as a crash)."""
         try:
-            result = await self._call(method, path, **kwargs)
+            return await self._call(method, path, **kwargs)
         except _Crashed as exc:
             raise AppError("comfy_unreachable", f"no ComfyUI at {self.base_url} ({exc})") from None
+
+    async def _checked(self, method: str, path: str, **kwargs) -> Any:
+        result = await self._reach(method, path, **kwargs)
         if isinstance(result, _HttpFailure):
             raise AppError("comfy_protocol_error", f"{method} {path} answered HTTP {result.status}")
         return result
@@ -138,10 +143,7 @@ class ComfyClient:
 
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        try:
-            result = await self._call("GET", "/view", params=params, expect_json=False)
-        except _Crashed as exc:
-            raise AppError("comfy_unreachable", f"no ComfyUI at {self.base_url} ({exc})") from None
+        result = await self._reach("GET", "/view", params=params, expect_json=False)
         if isinstance(result, _HttpFailure):
             raise AppError("output_fetch_failed", f"/view answered HTTP {result.status}", suffix=filename)
         return result
@@ -232,10 +234,7 @@ class ComfyClient:
         except asyncio.TimeoutError:
             pass
         body = {"prompt": prompt, "client_id": self.client_id}
-        try:
-            result = await self._call("POST", "/prompt", json=body)
-        except _Crashed as exc:
-            raise AppError("comfy_unreachable", f"no ComfyUI at {self.base_url} ({exc})") from None
+        result = await self._reach("POST", "/prompt", json=body)
         if isinstance(result, _HttpFailure):
             raise _rejection(result)
         if not isinstance(result, dict) or not isinstance(result.get("prompt_id"), str):
