@@ -11,7 +11,7 @@ from pathlib import Path
 from services.errors import AppError
 from services.versions.install import state
 from services.versions.spec import SpecStore
-from services.versions.switch import Runtime, resolve
+from services.versions.switch import Runtime, checkout_runtime, resolve
 
 FILENAME = "comfy-runtime.json"
 
@@ -42,4 +42,4 @@ def default(settings) -> Runtime:
                 return resolve(spec, settings)
         except AppError:
             pass
-    return Runtime(f"comfy_home:{settings.comfy_home}", settings.comfy_home, settings.comfy_python, (), False)
+    return checkout_runtime(settings)

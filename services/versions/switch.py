@@ -47,9 +47,14 @@ class Runtime:
     versioned: bool            # False in developer mode: nothing to install
 
 
+def checkout_runtime(settings) -> Runtime:
+    """COMFY_HOME run by COMFY_PYTHON, whatever the version (developer mode)."""
+    return Runtime(f"comfy_home:{settings.comfy_home}", settings.comfy_home, settings.comfy_python, (), False)
+
+
 def resolve(spec: VersionSpec, settings) -> Runtime:
     if settings.is_set("comfy_home"):
-        return Runtime(f"comfy_home:{settings.comfy_home}", settings.comfy_home, settings.comfy_python, (), False)
+        return checkout_runtime(settings)
     tree = Layout.of(settings.versions_root, spec.id).tree
     return Runtime(spec.id, tree.comfy_dir, tree.python, spec.comfy_args, True)
 
