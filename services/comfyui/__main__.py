@@ -22,6 +22,7 @@ from services.store.db import Database
 
 log = logs.get("comfyui")
 
+
 def main() -> None:
     settings = config.load_or_exit()
     logs.configure_from(settings)
