@@ -23,6 +23,7 @@ from services.jobs.runner import JobRunner
 from services.periodic import Periodic
 from services.security.envelope import open_payload
 from services.store.jobs import LEASE_SECONDS, Job, JobStore
+from services.timeouts import at_most
 
 log = logs.get("api.executor")
 
@@ -94,10 +95,7 @@ class JobExecutor:
                         self._spawn(job)
                         continue
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
+                await at_most(IDLE_POLL_SECONDS, self._wake.wait())
             except asyncio.CancelledError:
                 raise
             except Exception:  # a locked or vanished database must not kill the loop

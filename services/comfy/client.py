@@ -25,6 +25,7 @@ import aiohttp
 from services import logs
 from services.comfy.history import PromptOutcome, collect_outputs, raise_for_failure
 from services.errors import AppError
+from services.timeouts import at_most
 
 log = logs.get("comfy.client")
 
@@ -228,11 +229,8 @@ class ComfyClient:
     async def submit(self, prompt: dict[str, Any]) -> str:
         """Queue a prompt; a validation failure keeps ComfyUI's own `node_errors`."""
         self._ensure_reader()
-        try:
-            # Wait briefly for the socket so the first events are not left to polling.
-            await asyncio.wait_for(self._connected.wait(), timeout=2.0)
-        except asyncio.TimeoutError:
-            pass
+        # Wait briefly for the socket so the first events are not left to polling.
+        await at_most(2.0, self._connected.wait())
         body = {"prompt": prompt, "client_id": self.client_id}
         result = await self._reach("POST", "/prompt", json=body)
         if isinstance(result, _HttpFailure):
@@ -260,10 +258,7 @@ class ComfyClient:
                 else:
                     interval = (self._down_check if adopted or not self._connected.is_set()
                                 else self._idle_check)
-                    try:
-                        message = await asyncio.wait_for(queue.get(), timeout=interval)
-                    except asyncio.TimeoutError:
-                        message = None
+                    message = await at_most(interval, queue.get())
                 if message is None or message is _DISCONNECTED or message is _CONNECTED:
                     entry = await self._poll(prompt_id)
                     if entry is not None:
