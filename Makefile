@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv run test test-real bench clean
+.PHONY: venv run test test-image test-engine test-real bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) -m services.pod
 
-test: venv
+test: venv test-engine
 	$(PY) -m pytest -q
+
+# Only the image test: builds docker/Dockerfile in a private Docker engine and runs both modes.
+test-image: venv test-engine
+	$(PY) -m pytest -q -s -m docker
+
+test-engine:
+	@scripts/install_test_engine.sh
 
 # The ComfyUI-facing tests against a real ComfyUI checkout instead of the stand-in:
 #   make test-real COMFYUI_DIR=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/its/python]

@@ -22,6 +22,10 @@ if [ "$(id -u)" = "0" ] && [ -n "${APPLIANCE_USER:-}" ]; then
   data_root="${DATA_ROOT:-/workspace}"
   mkdir -p "$data_root"
   if chown "$APPLIANCE_USER:$APPLIANCE_USER" "$data_root" 2>/dev/null; then
+    # The container's stdout and stderr are root's pipes (0600): supervisord reopens
+    # /dev/stdout for the log forwarder, which fails with EACCES after the drop unless the
+    # pipes are handed over too. /proc/$$ is this shell's, whose fds are the container's.
+    chown "$APPLIANCE_USER" "/proc/$$/fd/1" "/proc/$$/fd/2" 2>/dev/null || true
     exec setpriv --reuid="$APPLIANCE_USER" --regid="$APPLIANCE_USER" --init-groups \
       env HOME="/home/$APPLIANCE_USER" "$0" "$mode" "$@"
   fi
