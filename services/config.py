@@ -41,6 +41,16 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
 
 
+def parse_auto_bool(raw: str) -> str | bool:
+    """`auto`, or a strict boolean (a setting that can also be left to the appliance to decide)."""
+    if raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise ValueError("expected auto, 1/0, true/false, yes/no or on/off") from None
+
+
 def parse_int(raw: str) -> int:
     try:
         return int(raw.strip())
@@ -183,16 +193,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("comfy_url", ("COMFY_URL",), parse_str, "", "",
             "Use an already running ComfyUI at this URL instead of starting one (CLI and tests).", group="comfy"),
     Setting("comfy_extra_args", ("COMFY_EXTRA_ARGS",), parse_list, (), (),
-            "Extra command-line arguments for ComfyUI, space separated (e.g. `--cpu`).", group="comfy"),
+            "Extra command-line arguments for ComfyUI, space separated (e.g. `--lowvram`).", group="comfy"),
+    Setting("comfy_cpu", ("COMFY_CPU",), parse_auto_bool, "auto", "auto",
+            "`auto`: ComfyUI gets `--cpu` on a Linux machine without a GPU device node (`/dev/nvidiactl`, "
+            "`/dev/nvidia<N>`, `/dev/kfd`, `/dev/dxg`; macOS is left to ComfyUI); `1`: always; `0`: the "
+            "appliance never adds it.", group="comfy"),
     Setting("comfy_start_timeout", ("COMFY_START_TIMEOUT",), parse_seconds, 600.0, 600.0,
             "Seconds to wait for ComfyUI to answer after start (the wait ends at once if it exits).", group="comfy"),
     Setting("job_timeout", ("JOB_TIMEOUT",), parse_seconds, 3600.0, 3600.0,
             "Seconds one job may run in ComfyUI before it is interrupted and fails with `job_timeout`.", group="jobs"),
     Setting("auto_install_versions", ("AUTO_INSTALL_VERSIONS",), parse_bool, False, False,
-            "`1`: a job naming a version that is not installed installs it first (else `version_not_installed`).",
+            "`1`: a job naming a version that is not installed installs it first (else `version_not_installed`), "
+            "and so does `python -m services.pod` for the version its ComfyUI starts with (locally it always does).",
             group="jobs"),
-    Setting("default_version_id", ("DEFAULT_VERSION_ID",), parse_str, "", "",
-            "Version used by jobs that name none; empty means `version_id` is required.", group="jobs"),
+    Setting("default_version_id", ("DEFAULT_VERSION_ID",), parse_str, "demo", "",
+            "Version used by jobs that name none (empty: `version_id` is required), and the one Pod mode's "
+            "ComfyUI runs from the start. Locally `python -m services.pod` installs it first when it is "
+            "missing.", group="jobs"),
     Setting("workflow_url_max_bytes", ("WORKFLOW_URL_MAX_BYTES",), parse_int, 10 * 2**20, 10 * 2**20,
             "Largest workflow accepted from `workflow_url`.", group="jobs"),
     Setting("workflow_url_timeout", ("WORKFLOW_URL_TIMEOUT",), parse_seconds, 15.0, 15.0,

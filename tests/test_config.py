@@ -16,6 +16,8 @@ def test_local_defaults_live_under_the_checkout():
     assert s.output_mode == "base64"
     assert s.api_host == "127.0.0.1" and s.comfy_host == "127.0.0.1"
     assert s.mode == "serverless"
+    assert s.default_version_id == "demo" and s.active_versions == ("demo",)  # `make run` installs and runs it
+    assert s.comfy_cpu == "auto"
 
 
 def test_image_profile_uses_the_seeds_defaults():
@@ -26,6 +28,7 @@ def test_image_profile_uses_the_seeds_defaults():
     assert s.gcs_prefix == "comfy/outputs"
     assert (s.gcs_retries, s.gcs_retry_base_sleep, s.gcs_public, s.gcs_signed_url_ttl, s.gcs_validate) == (3, 0.5, False, 0, True)
     assert s.api_port == 8000
+    assert s.default_version_id == "" and s.active_versions == ()  # an image names its baked version itself
 
 
 def test_derived_paths_follow_their_root():
@@ -57,11 +60,17 @@ def test_runpod_serverless_forces_serverless_mode():
     ({"DRY_RUN": "maybe"}, "DRY_RUN"),
     ({"LAUNCH_MODE": "pod"}, "LAUNCH_MODE"),
     ({"JOB_TIMEOUT": "-1"}, "JOB_TIMEOUT"),
+    ({"COMFY_CPU": "maybe"}, "COMFY_CPU"),
 ])
 def test_wrong_values_name_the_variable(env, needle):
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw,value", [("auto", "auto"), ("AUTO", "auto"), ("1", True), ("yes", True), ("0", False)])
+def test_comfy_cpu_is_auto_or_a_boolean(raw, value):
+    assert Settings.from_env({"COMFY_CPU": raw}).comfy_cpu == value
 
 
 def test_secret_values_never_appear_in_errors_or_public_view():

@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from services.comfy.launcher import ComfyLauncher, State
+from services.config import Settings
 from services.errors import AppError
 from tests.standin_process import free_port, write_fake_comfy_home
 
@@ -51,6 +52,18 @@ def test_restart_after_crash(tmp_path):
     launcher.ensure_running(30)
     assert launcher.pid != first and launcher.state == State.READY
     launcher.stop()
+
+
+@pytest.mark.parametrize("env,spec_args,count", [
+    ({"COMFY_CPU": "1"}, [], 1),
+    ({"COMFY_CPU": "1", "COMFY_EXTRA_ARGS": "--cpu --lowvram"}, [], 1),
+    ({"COMFY_CPU": "1"}, ["--cpu"], 1),
+    ({"COMFY_CPU": "0"}, [], 0),
+    ({"COMFY_CPU": "0", "COMFY_EXTRA_ARGS": "--cpu"}, [], 1),
+])
+def test_the_appliance_adds_the_cpu_flag_once_at_most(env, spec_args, count):
+    launcher = ComfyLauncher.from_settings(Settings.from_env(env), extra_args=spec_args)
+    assert launcher.command().count("--cpu") == count
 
 
 def test_no_comfy_home(tmp_path):

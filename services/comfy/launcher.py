@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 from services import logs
 from services.errors import AppError
+from services.gpu import device
 from services.model_types import ALIASES, CANONICAL
 
 log = logs.get("comfy.launcher")
@@ -113,10 +114,10 @@ class ComfyLauncher:
                       extra_args: Sequence[str] = (),
                       line_sink: Callable[[str], None] | None = None) -> "ComfyLauncher":
         roots = [settings.comfy_cache_root / "models", settings.models_dir]
+        args = device.comfy_args([*settings.comfy_extra_args, *extra_args], settings.comfy_cpu)
         return cls(comfy_home=comfy_home or settings.comfy_home, python=python or settings.comfy_python,
                    host=settings.comfy_host, port=settings.comfy_port, io_dir=settings.comfy_io_dir,
-                   run_dir=settings.run_dir, model_roots=roots,
-                   extra_args=[*settings.comfy_extra_args, *extra_args], line_sink=line_sink)
+                   run_dir=settings.run_dir, model_roots=roots, extra_args=args, line_sink=line_sink)
 
     # ---- state ------------------------------------------------------------------------
     @property
