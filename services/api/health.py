@@ -2,7 +2,8 @@
 
 The request path does no I/O: ComfyUI is pinged, supervisord asked (XML-RPC over its unix
 socket) and gpuwatch's file read by the refresher, which also pre-serialises the answer.
-`ok` is ComfyUI answering; a ComfyUI that is down makes /healthz answer 503 with the reason.
+`ok` is ComfyUI answering; a ComfyUI that is down makes /healthz answer 503 with the reason:
+the `comfyui` program's own when it failed its checks, else supervisord's view of it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from services import logs
 from services.comfy.client import ComfyClient
 from services.gpu import state as gpu_state
 from services.periodic import Periodic
+from services.pod import start_failure
 from services.pod.supervisor import Supervisor
 from services.security.envelope import public_key_b64
 
@@ -66,9 +68,12 @@ class HealthState:
             comfy["comfyui_version"] = system.get("comfyui_version")
             comfy["devices"] = [d.get("name") for d in self._stats.get("devices", [])]
         else:
+            # The program's own reason (`comfy_init_failed:no_comfy_home: ...`) beats supervisord's
+            # "Exited too quickly", which is all supervisord knows about it.
+            failure = await asyncio.to_thread(start_failure.read, self.settings.run_dir)
             program = programs.get("comfyui") if isinstance(programs.get("comfyui"), dict) else None
-            comfy["reason"] = (f"comfyui program is {program['state']}: {program['description']}"
-                               if program else "ComfyUI does not answer")
+            comfy["reason"] = failure or (f"comfyui program is {program['state']}: {program['description']}"
+                                          if program else "ComfyUI does not answer")
         self.snapshot = {
             "ok": comfy_up,
             "model_dir": str(self.settings.models_dir),

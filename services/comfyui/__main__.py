@@ -1,10 +1,11 @@
 """The `comfyui` program of Pod mode: prepare, then become ComfyUI (exec).
 
 supervisord then supervises ComfyUI itself: its pid, its signals, its output. Before the exec
-this program checks what it can (`comfy_init_failed:<reason>` and a quick exit, so supervisord
-marks it FATAL after its retries) and rate-limits restarts: supervisord respawns a process
-that dies after `startsecs` at once, forever (Supervisor#1285), so a ComfyUI that crashes
-shortly after start waits longer before each new try (services/pod/restarts.py).
+this program checks what it can (`comfy_init_failed:<reason>`, `version_not_installed:<id>`,
+recorded for /healthz, and a quick exit, so supervisord marks it FATAL after its retries) and
+rate-limits restarts: supervisord respawns a process that dies after `startsecs` at once,
+forever (Supervisor#1285), so a ComfyUI that crashes shortly after start waits longer before
+each new try (services/pod/restarts.py).
 """
 from __future__ import annotations
 
@@ -15,34 +16,43 @@ import time
 from services import config, logs
 from services.comfy.launcher import ComfyLauncher
 from services.errors import AppError
-from services.pod import restarts
+from services.pod import restarts, start_failure
 from services.pod import runtime as runtime_file
 from services.store.comfy_state import ComfyStateStore
 from services.store.db import Database
+from services.versions.switch import Runtime
 
 log = logs.get("comfyui")
+
+
+def prepare(settings) -> tuple[Runtime, list[str]]:
+    """The runtime to run and ComfyUI's argv; AppError when it cannot start."""
+    runtime = runtime_file.wanted(settings)
+    # Recorded before the checks: the API must know what runs even when it failed to start.
+    ComfyStateStore(Database(settings.state_db)).set_runtime(runtime.label)
+    runtime_file.check_installed(settings, runtime)
+    launcher = ComfyLauncher.from_settings(settings, comfy_home=runtime.comfy_home, python=runtime.python,
+                                           extra_args=runtime.args)
+    return runtime, launcher.prepare()
 
 
 def main() -> None:
     settings = config.load_or_exit()
     logs.configure_from(settings)
-    runtime = runtime_file.wanted(settings)
-    # Recorded before the checks: the API must know what runs even when it failed to start.
-    ComfyStateStore(Database(settings.state_db)).set_runtime(runtime.label)
-    launcher = ComfyLauncher.from_settings(settings, comfy_home=runtime.comfy_home, python=runtime.python,
-                                           extra_args=runtime.args)
     try:
-        argv = launcher.prepare()
+        runtime, argv = prepare(settings)
     except AppError as exc:
+        start_failure.record(settings.run_dir, exc.one_line())
         print(exc.one_line(), file=sys.stderr, flush=True)
         sys.exit(1)
+    start_failure.clear(settings.run_dir)
     delay = restarts.next_delay(settings.run_dir)
     if delay:
         log.warning("comfy_restart_backoff", seconds=delay)
         time.sleep(delay)
-    log.info("comfy_exec", runtime=runtime.label, comfy_home=str(runtime.comfy_home))
+    log.info("comfy_exec", runtime=runtime.label, comfy_home=str(runtime.comfy_home), args=argv[3:])
     sys.stdout.flush()
-    os.chdir(launcher.comfy_home)
+    os.chdir(runtime.comfy_home)
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.execv(argv[0], argv)
 
