@@ -61,7 +61,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("no_outputs", 422, "The workflow finished but saved no output file (previews are not results)."),
     Code("output_fetch_failed", 502, "An output listed by ComfyUI could not be read back through `/view`.", suffix="<filename>"),
     # Versions
-    Code("version_not_installed", 409, "The job names a version that is not installed (or was installed from an older spec) and `AUTO_INSTALL_VERSIONS` is off; run `python -m services versions install <id>`.", suffix="<id>"),
+    Code("version_not_installed", 409, "The job (or, at start, Pod mode's `comfyui` program) names a version that is not installed (or was installed from an older spec) and `AUTO_INSTALL_VERSIONS` is off; run `python -m services versions install <id>`.", suffix="<id>"),
     Code("version_install_failed", 500, "Installing the version failed and left nothing half-built (after `models` the environment is installed; only models are missing). `<what>`: `comfyui_fetch`, `comfyui_commit`, `node_fetch:<name>`, `node_commit:<name>`, `venv`, `requirements`, `filesystem` (disk full, read-only) or `models`.", suffix="<id>:<what>"),
     Code("version_base_override", 422, "A requirement of the version would replace a package of the base environment (e.g. torch); list it in `python.allow_base_overrides` to allow that.", suffix="<id>:<package>"),
     Code("version_busy", 503, "Another installer of the same version held its lock longer than `VERSIONS_LOCK_TIMEOUT`.", suffix="<id>"),

@@ -56,7 +56,8 @@ def test_cli_starts_and_stops_its_own_comfy(tmp_path, workflow_file):
     ([], "missing_version_id"),
 ])
 def test_cli_bad_input_exits_1_with_the_code(workflow_file, args, code):
-    proc = cli("--workflow", str(workflow_file), "--comfy-url", "http://127.0.0.1:9", *args)
+    proc = cli("--workflow", str(workflow_file), "--comfy-url", "http://127.0.0.1:9", *args,
+               env={"DEFAULT_VERSION_ID": ""})
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["error"] == code
     assert proc.stderr.strip().startswith(f"error: {code}")

@@ -27,7 +27,8 @@ class NoComfy:
 
 
 def make_runner(**env):
-    settings = Settings.from_env({"WORKFLOW_URL_TIMEOUT": "1", "WORKFLOW_URL_MAX_BYTES": "2048", **env})
+    settings = Settings.from_env({"WORKFLOW_URL_TIMEOUT": "1", "WORKFLOW_URL_MAX_BYTES": "2048",
+                                  "DEFAULT_VERSION_ID": "", **env})
     return JobRunner(settings, SpecStore(REPO_ROOT / "versions"), NoComfy())
 
 

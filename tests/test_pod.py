@@ -6,6 +6,8 @@ import io
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 
 import psutil
@@ -13,9 +15,12 @@ import pytest
 from nacl.public import PrivateKey
 from PIL import Image
 
+from services.config import REPO_ROOT
+from services.pod import start_failure
 from services.security.envelope import open_reply, seal_request
 from tests import workflows
 from tests.pod_process import start_pod
+from tests.standin_process import write_fake_comfy_home
 
 SERVER_KEY = PrivateKey.generate()
 SERVER_KEY_B64 = base64.b64encode(bytes(SERVER_KEY)).decode()
@@ -225,6 +230,7 @@ def test_no_comfy_home_is_fatal_and_healthz_says_why(tmp_path):
     slow_gpu.chmod(0o755)
     pod = start_pod(tmp_path / "pod", comfy_home="missing", wait=False,
                     env={"NVIDIA_SMI": str(slow_gpu), "GPU_PROBE_TIMEOUT": "0.5"})
+    home = tmp_path / "pod" / "ComfyUI"
     try:
         deadline = time.monotonic() + 40
         while "FATAL" not in pod.ctl("status", "comfyui").stdout:
@@ -235,16 +241,25 @@ def test_no_comfy_home_is_fatal_and_healthz_says_why(tmp_path):
         while True:
             try:
                 status, health = pod.request("GET", "/healthz", timeout=2)
-                if health.get("gpu", {}).get("state") == "unknown" and "FATAL" in health["comfy"].get("reason", ""):
+                if (health.get("gpu", {}).get("state") == "unknown"
+                        and health.get("programs", {}).get("comfyui", {}).get("state") == "FATAL"):
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline
             time.sleep(0.3)
         assert status == 503 and health["ok"] is False
+        # The program's own reason, not supervisord's "Exited too quickly".
+        assert health["comfy"]["reason"] == f"comfy_init_failed:no_comfy_home: COMFY_HOME {home} does not exist"
         assert "nvidia-smi did not answer" in health["gpu"]["reason"]
         status, error = pod.request("POST", "/run", {"workflow": workflows.image()})
         assert (status, error["error"]) == (503, "comfy_unreachable")
+
+        # Once there is a ComfyUI and the program starts, the reason is gone.
+        write_fake_comfy_home(home)
+        assert pod.ctl("start", "comfyui").returncode == 0
+        health = pod.wait_healthy(30)
+        assert health["ok"] is True and "reason" not in health["comfy"]
     finally:
         pod.stop()
 
@@ -265,7 +280,6 @@ def test_shutdown_timeouts_nest():
     import configparser
     import re
 
-    from services.config import REPO_ROOT
     conf = configparser.RawConfigParser()
     conf.read(REPO_ROOT / "etc" / "supervisord.conf")
     graceful = int(re.search(r"^graceful_timeout = (\d+)", (REPO_ROOT / "etc" / "gunicorn.conf.py").read_text(), re.M)[1])
@@ -371,3 +385,15 @@ def test_a_queued_download_survives_a_modelsync_restart(pod, model_server):
     assert pod.request("GET", f"/downloads/{queued['download_id']}")[1]["state"] == "queued"
     assert pod.ctl("start", "modelsync").returncode == 0
     assert wait_download(pod, queued["download_id"])["state"] == "done"
+
+
+def test_comfyui_program_names_a_missing_version_and_records_it(tmp_path):
+    # No COMFY_HOME: the default version is what runs, and it is not installed.
+    env = {**os.environ, "DATA_ROOT": str(tmp_path), "DEFAULT_VERSION_ID": "demo", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("COMFY_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "services.comfyui"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("version_not_installed:demo: version demo is not installed under ")
+    assert start_failure.read(tmp_path / "run") == line

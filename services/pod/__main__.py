@@ -1,6 +1,8 @@
 """`python -m services.pod`: start Pod mode (LAUNCH_MODE=api) under supervisord.
 
-Validates the settings first (a wrong value stops here with one line), creates the folders,
+Validates the settings first (a wrong value stops here with one line), installs the version
+ComfyUI will run when it is missing (locally or with AUTO_INSTALL_VERSIONS=1: see
+services/pod/first_run.py; a failure stops here with one line too), creates the folders,
 exports the values etc/supervisord.conf expands (`%(ENV_...)s`), then execs supervisord in the
 foreground, so in the container it is PID 1's direct child (or PID 1) and reaps zombies.
 """
@@ -11,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from services import config
+from services import config, logs
+from services.errors import AppError
+from services.pod import first_run, start_failure
 
 DEFAULT_CONF = config.REPO_ROOT / "etc" / "supervisord.conf"
 
@@ -27,8 +31,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONF, help="supervisord config file")
     args = parser.parse_args(argv)
     settings = config.load_or_exit()
+    logs.configure_from(settings)
+    try:
+        first_run.ensure_installed(settings)
+    except AppError as exc:
+        print(f"error: {' '.join(exc.one_line().split())}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # the installer has removed its half-built tree on the way out
+        print("error: interrupted before supervisord started", file=sys.stderr)
+        sys.exit(130)
     for folder in (settings.log_dir, settings.run_dir, settings.data_root, args.config.parent.parent / ".run"):
         folder.mkdir(parents=True, exist_ok=True)
+    start_failure.clear(settings.run_dir)  # a reason left by an earlier boot says nothing about this one
     env = {**os.environ, **supervisor_env(settings), "LAUNCH_MODE": "api"}
     os.execve(sys.executable, [sys.executable, "-m", "supervisor.supervisord", "-c", str(args.config)], env)
 

@@ -171,6 +171,9 @@ class _Builder:
         return AppError("version_install_failed", detail, suffix=f"{self.spec.id}:{what}")
 
     def _step(self, name: str, action: Callable[[], Any]) -> Any:
+        # A line when a step starts as well as when it ends: a first install spends minutes in
+        # one step (ComfyUI's requirements pull torch), and the user must see which one.
+        log.info("version_install_step_start", version_id=self.spec.id, step=name)
         start = time.perf_counter()
         result = action()
         log.info("version_install_step", version_id=self.spec.id, step=name,
@@ -261,7 +264,8 @@ class _Builder:
                            extra={"overrides": [str(o) for o in blocked]})
         if planned:
             try:
-                pyenv.install(self.tree.python, reqs, pip_args)
+                pyenv.install(self.tree.python, reqs, pip_args,
+                              lambda line: log.info("pip_output", version_id=self.spec.id, line=line))
             except proc.ToolFailed as exc:
                 raise self._failed("requirements", f"pip install failed: {exc}") from None
         return replaced

@@ -4,16 +4,20 @@ An installer killed with SIGKILL cannot stop its children, and an orphaned pip w
 writing into a build folder the next installer is deleting. PR_SET_PDEATHSIG makes the kernel
 kill each child when the installer dies. Credentials in URLs (`https://user:token@host`) are
 masked before any tool output reaches an error detail or a log.
+
+`run` captures a quick tool's output; `stream` hands a long one's lines (pip installing torch
+for minutes) to a callback as they come, so the user sees what it is doing.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import re
 import signal
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
@@ -61,3 +65,22 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, st
         text = (done.stderr.decode("utf-8", "replace") or out).strip()
         raise ToolFailed(done.returncode, mask(_CONTROL.sub("", text[-_TAIL_CHARS:])))
     return out
+
+
+def stream(cmd: Sequence[str | Path], on_line: Callable[[str], None]) -> None:
+    """Run a tool to completion, passing each line of its output (stdout and stderr together,
+    credentials masked) to `on_line`; raise ToolFailed with its last words."""
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        child = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    except OSError as exc:
+        raise ToolFailed(-1, f"cannot run {cmd[0]}: {exc.strerror}") from None
+    with child:
+        for raw in child.stdout:
+            line = mask(_CONTROL.sub("", raw.decode("utf-8", "replace").rstrip()))
+            if line:
+                tail.append(line)
+                on_line(line)
+    if child.returncode != 0:
+        raise ToolFailed(child.returncode, "\n".join(tail)[-_TAIL_CHARS:])

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from services.versions import proc
 
@@ -97,8 +97,10 @@ def overrides(planned: Iterable[tuple[str, str]], base_packages: dict[str, str],
             if canonical(name) in base_packages and canonical(name) not in permitted]
 
 
-def install(python: Path, requirements_file: Path, pip_args: Sequence[str]) -> None:
-    proc.run([python, *_PIP, "--quiet", "-r", requirements_file, *pip_args])
+def install(python: Path, requirements_file: Path, pip_args: Sequence[str], on_line: Callable[[str], None]) -> None:
+    """pip's own lines go to `on_line` as they come (without its progress bar, whose redrawn line
+    makes no sense in a log): a first install downloads gigabytes and takes minutes."""
+    proc.stream([python, *_PIP, "--progress-bar", "off", "-r", requirements_file, *pip_args], on_line)
 
 
 def relocate(venv_dir: Path, old: Path, new: Path) -> None:
