@@ -1,7 +1,6 @@
 """`output_mode=gcs` against gcp-storage-emulator with Google's own client: uploads, signed URLs,
 an outage caused by killing the emulator, and 503s injected by a real proxy."""
 import asyncio
-import base64
 import hashlib
 import io
 import json
@@ -97,6 +96,7 @@ def test_unknown_bucket(comfy, emulator):
 
 def test_outage_fails_the_job_then_recovery(comfy, tmp_path):
     emu = Emulator().start()
+    back = Emulator(port=emu.port)
     env = {"STORAGE_EMULATOR_HOST": emu.url}
     payload = {"workflow": workflows.image(color=8), "output_mode": "gcs", "gcs_bucket": emu.bucket}
     try:
@@ -106,10 +106,11 @@ def test_outage_fails_the_job_then_recovery(comfy, tmp_path):
         with pytest.raises(AppError) as err:
             run_job(comfy.url, dict(payload, workflow=workflows.image(color=9)), env)
         assert err.value.code == "gcs_upload_failed:unreachable" and time.monotonic() - started < 10
-        Emulator(port=emu.port).start()  # it comes back (empty, in memory)
+        back.start()  # it comes back (empty, in memory)
         assert run_job(comfy.url, dict(payload, workflow=workflows.image(color=10)), env)["gcs_url"]
     finally:
         emu.stop()
+        back.stop()
 
 
 def test_transient_503s_are_retried(comfy, emulator):
@@ -139,3 +140,26 @@ def test_transient_503s_are_retried(comfy, emulator):
     assert failures["left"] == 0 and result["gcs_url"]
     data = emulator.client().bucket(emulator.bucket).blob(result["gcs_url"].split("/", 3)[3]).download_as_bytes()
     assert hashlib.sha256(data).hexdigest() == result["outputs"][0]["sha256"]
+
+
+def test_only_allowed_buckets_are_written(comfy, emulator):
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, "GCS_ALLOWED_BUCKETS": emulator.bucket}
+    result = run_job(comfy.url, {"workflow": workflows.image(width=8, height=8), "output_mode": "gcs",
+                                 "gcs_bucket": emulator.bucket}, env)
+    assert result["gcs_url"].startswith(f"gs://{emulator.bucket}/")
+    with pytest.raises(AppError) as err:  # refused while validating: ComfyUI never ran it
+        run_job("http://127.0.0.1:9", {"workflow": workflows.image(), "output_mode": "gcs",
+                                       "gcs_bucket": "other-bucket"}, env)
+    assert (err.value.code, err.value.status) == ("gcs_bucket_not_allowed:other-bucket", 403)
+
+
+def test_a_name_the_library_refuses_is_a_typed_failure_not_a_500():
+    """The backstop behind services/outputs/gcs_names.py: the library's own ValueError."""
+    from types import SimpleNamespace
+
+    from services.outputs.gcs import GcsDelivery
+
+    delivery = GcsDelivery(Settings.from_env({"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "GCS_VALIDATE": "0"}))
+    with pytest.raises(AppError) as err:
+        delivery._deliver("job", "a.png", b"x", "image/png", SimpleNamespace(gcs_bucket="-bad-", gcs_prefix="p"))
+    assert err.value.code == "gcs_upload_failed:rejected"
