@@ -113,7 +113,9 @@ def bench_download(work: Path, size: int, runs: int) -> dict:
     they cost; on a real network they are what makes a CDN's per-connection limit go away."""
     source = work / "served.bin"
     sha256 = make_file(source, size)
-    env = {"PATH": os.environ["PATH"], "LOG_SILENT": "1", "DATA_ROOT": str(work / "ours")}
+    # The served file is on loopback: the fetch policy needs telling (services/net).
+    env = {"PATH": os.environ["PATH"], "LOG_SILENT": "1", "DATA_ROOT": str(work / "ours"),
+           "FETCH_ALLOW_HOSTS": "127.0.0.1"}
     variants = {"curl": None, "ours": env, "ours_1_stream": {**env, "DOWNLOAD_SEGMENTS": "1"}}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     rss = []

@@ -9,9 +9,11 @@ orphans its workers (benoitc/gunicorn#1106).
 """
 import os
 
+from services.api.exposure import check_bind_or_exit
 from services.config import load_or_exit
 
 _settings = load_or_exit()
+check_bind_or_exit(_settings)  # closed by default: no token, no public address
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers

@@ -14,10 +14,14 @@ that into a one-line message and exit status 2 (see `load_or_exit`).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from services.outputs import gcs_names
+from services.net.policy import parse_allow_hosts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("local", "image")
@@ -97,6 +101,28 @@ def parse_str(raw: str) -> str:
 
 def parse_list(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.split() if part)
+
+
+def parse_hosts(raw: str) -> tuple[str, ...]:
+    """Host names, `*.suffix` patterns or `*`, separated by spaces or commas (API_ALLOWED_HOSTS)."""
+    hosts = parse_list(raw.replace(",", " "))
+    for host in hosts:
+        if not re.fullmatch(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[?[0-9A-Fa-f:.]+\]?", host):
+            raise ValueError(f"{host!r} is not a host name, *.suffix or *")
+    return hosts
+
+
+def parse_bucket(raw: str) -> str:
+    # Checked at start-up: a GCS_BUCKET Google would refuse must not wait for the first upload.
+    value = raw.strip()
+    problem = value and gcs_names.bucket_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def parse_buckets(raw: str) -> tuple[str, ...]:
+    return tuple(parse_bucket(name) for name in parse_list(raw.replace(",", " ")))
 
 
 def choice(*options: str) -> Callable[[str], str]:
@@ -218,9 +244,16 @@ SETTINGS: tuple[Setting, ...] = (
             "`1`: answer success at once without starting ComfyUI (smoke tests).", group="jobs"),
     Setting("no_history", ("NO_HISTORY",), parse_bool, False, False,
             "`1`: results carry only the `prompt_id`.", group="jobs"),
+    Setting("job_files_retention", ("JOB_FILES_RETENTION",), parse_seconds, 0.0, 0.0,
+            "Seconds a job's uploaded inputs and saved outputs stay in ComfyUI's folders after its result is "
+            "delivered (or it failed); `0` removes them at once. Leftovers of a process that died are removed "
+            "once they are older than `JOB_TIMEOUT` plus this plus 10 minutes.", group="jobs"),
     Setting("output_mode", ("OUTPUT_MODE",), choice("gcs", "base64"), "base64", "gcs",
             "Default delivery of outputs: `gcs` (upload, return `gs://` URL) or `base64` (inline).", group="outputs"),
-    Setting("gcs_bucket", ("GCS_BUCKET",), parse_str, "", "", "Bucket for `gcs` output (or per job `gcs_bucket`).", group="outputs"),
+    Setting("gcs_bucket", ("GCS_BUCKET",), parse_bucket, "", "", "Bucket for `gcs` output (or per job `gcs_bucket`).", group="outputs"),
+    Setting("gcs_allowed_buckets", ("GCS_ALLOWED_BUCKETS",), parse_buckets, (), (),
+            "Buckets a job may upload to, space separated; a job naming another one fails with "
+            "`gcs_bucket_not_allowed`. Empty: any bucket the credentials can write.", group="outputs"),
     Setting("gcs_prefix", ("GCS_PREFIX",), parse_str, "comfy/outputs", "comfy/outputs", "Object name prefix for uploads.", group="outputs"),
     Setting("gcs_project", ("GCS_PROJECT", "GOOGLE_CLOUD_PROJECT"), parse_str, "", "",
             "Google Cloud project of the bucket (`GOOGLE_CLOUD_PROJECT` is accepted too).", group="outputs"),
@@ -237,17 +270,40 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a V4 signed URL stays valid; 0 returns none.", group="outputs"),
     Setting("gcs_validate", ("GCS_VALIDATE",), parse_bool, True, True,
             "Check the bucket is reachable before the first upload.", group="outputs"),
-    Setting("api_host", ("API_HOST",), parse_str, "127.0.0.1", "0.0.0.0", "Address the Pod API binds.", group="api"),
+    Setting("api_host", ("API_HOST",), parse_str, "127.0.0.1", "0.0.0.0",
+            "Address the Pod API binds. Anything but loopback needs `API_TOKEN` (or `ALLOW_UNAUTHENTICATED=1`): "
+            "without it Pod mode refuses to start.", group="api"),
     Setting("api_port", ("API_PORT",), parse_port, 8000, 8000, "Port the Pod API binds.", group="api"),
     Setting("api_token", ("API_TOKEN",), parse_str, "", "",
-            "When set, every API route but /healthz and /openapi.json needs `Authorization: Bearer <token>`.",
-            secret=True, group="api"),
+            "When set, every API route but /healthz and /openapi.json needs `Authorization: Bearer <token>` "
+            "(and /healthz shows its details only with it).", secret=True, group="api"),
+    Setting("allow_unauthenticated", ("ALLOW_UNAUTHENTICATED",), parse_bool, False, False,
+            "`1`: serve a non-loopback `API_HOST` without `API_TOKEN` (anyone who reaches the port may run "
+            "jobs). Without it such a start is refused.", group="api"),
+    Setting("api_allowed_hosts", ("API_ALLOWED_HOSTS",), parse_hosts, (), ("*.proxy.runpod.net",),
+            "Host names the API answers besides loopback (`127.0.0.1`, `localhost`, `[::1]`), the bound "
+            "address and the Pod's own proxy name: names, `*.suffix` patterns or `*` (any), space separated. "
+            "Other `Host` headers get 421 `host_not_allowed` (DNS rebinding).", group="api"),
+    Setting("runpod_pod_id", ("RUNPOD_POD_ID",), parse_str, "", "",
+            "Set by RunPod on Pods: the API also answers `<id>-<API_PORT>.proxy.runpod.net`.", group="api"),
     Setting("worker_private_key_b64", ("WORKER_PRIVATE_KEY_B64",), parse_str, "", "",
             "Curve25519 private key (base64) that opens encrypted payloads.", secret=True, group="security"),
     Setting("encryption_required", ("ENCRYPTION_REQUIRED",), parse_bool, False, False,
             "`1`: refuse plaintext payloads with `encryption_required`.", group="security"),
+    Setting("envelope_max_age", ("ENVELOPE_MAX_AGE",), parse_seconds, 0.0, 0.0,
+            "Seconds an encrypted payload stays acceptable: when set, the sealed payload must carry `ts` (unix "
+            "seconds, `seal_request` adds it) no older than this and at most 60 s ahead, else "
+            "`envelope_expired`. `0`: no age limit (replays are still refused).", group="security"),
     Setting("hf_token", ("HF_TOKEN",), parse_str, "", "", "Token sent to Hugging Face hosts only.", secret=True, group="models"),
     Setting("civitai_token", ("CIVITAI_TOKEN",), parse_str, "", "", "Token sent to Civitai hosts only.", secret=True, group="models"),
+    Setting("fetch_allow_hosts", ("FETCH_ALLOW_HOSTS",), parse_allow_hosts, (), (),
+            "Hosts that URLs fetched for a caller (`workflow_url`, image URLs, `/download`, model URLs) may reach "
+            "although their address is not public: names, IP addresses or CIDR networks, space or comma "
+            "separated (an on-prem mirror, a test server). Empty: only public addresses.", group="security"),
+    Setting("fetch_allow_private", ("FETCH_ALLOW_PRIVATE",), parse_bool, False, False,
+            "`1`: those fetches may also reach loopback and private addresses (RFC 1918, 100.64/10, fc00::/7); "
+            "link-local (cloud metadata), multicast and reserved ones, and the appliance's own ports, stay "
+            "refused.", group="security"),
     Setting("runpod_webhook_post_output", ("RUNPOD_WEBHOOK_POST_OUTPUT",), parse_str, "", "",
             "Set by RunPod on serverless workers; job progress updates are sent only when it is present.",
             group="modes"),

@@ -30,6 +30,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("invalid_workflow", 400, "The workflow is not an API-format prompt (a JSON object of nodes with `class_type` and `inputs`).", suffix="<why>"),
     Code("workflow_url_invalid", 400, "`workflow_url` is not an http(s) URL."),
     Code("workflow_url_failed", 400, "Fetching `workflow_url` failed: HTTP status, `timeout`, `too_large` or `unreachable`.", suffix="<status|why>"),
+    Code("url_forbidden", 400, "A URL fetched for the caller (`workflow_url`, an image `url`, `/download`, or a redirect of one of them) is refused before any connection: `scheme` (not http/https), `userinfo` (`user:pass@`), `invalid` (a host other parsers could read differently), `loopback`, `unspecified`, `link_local` (cloud metadata), `private` (RFC 1918, 100.64/10, fc00::/7), `multicast`, `reserved`, `own_service` (the appliance's own ports) or `unresolvable`. `FETCH_ALLOW_HOSTS` and `FETCH_ALLOW_PRIVATE` open non-public addresses.", suffix="<why>"),
     Code("workflow_rejected", 400, "ComfyUI refused the workflow at validation; `node_errors` holds ComfyUI's own per-node errors.", suffix="<comfy error type>"),
     Code("missing_version_id", 400, "The job names no `version_id` and no `DEFAULT_VERSION_ID` is set."),
     Code("invalid_version_id", 400, "A version id must be letters, digits, `.`, `_` or `-` (no `/`, no `..`).", suffix="<id>"),
@@ -37,15 +38,21 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("invalid_version_spec", 500, "The version spec breaks versions/schema.json; `<where>` is the JSON path.", suffix="<id>:<where>"),
     Code("invalid_output_mode", 400, "`output_mode` must be `gcs` or `base64`."),
     Code("invalid_input_image", 400, "An entry of `images` is malformed (name, base64 or URL).", suffix="<name>"),
-    Code("unauthorized", 401, "`API_TOKEN` is set and the request lacks `Authorization: Bearer <token>`."),
+    Code("forbidden_input", 400, "A file input of the workflow (LoadImage, LoadImageMask, LoadVideo, LoadAudio, ...) names something other than one of the job's own `images` or a file the version ships: another job's folder, a `[output]`/`[temp]`/`[input]` annotation, an absolute or `..` path, a backslash, a control character, a link or a non-string. Refused before ComfyUI sees the workflow.", suffix="<node_id>"),
+    Code("unauthorized", 401, "`API_TOKEN` is set and the request lacks `Authorization: Bearer <token>` (the scheme in any case)."),
     Code("not_found", 404, "No such route, job or download."),
     Code("method_not_allowed", 405, "The route exists but not with this HTTP method."),
     Code("payload_too_large", 413, "The request body is larger than the API accepts."),
+    Code("json_too_deep", 400, "The JSON nests deeper than 64 levels (arrays and objects)."),
+    Code("unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (charset UTF-8)."),
+    Code("host_not_allowed", 421, "The `Host` header names no host this API serves (loopback, `API_ALLOWED_HOSTS`, the Pod's proxy name); 400 when it is missing or malformed."),
     Code("internal_error", 500, "A bug: the API met an unexpected error (logged by type, never returned)."),
     # Encryption
     Code("encryption_required", 400, "Plaintext was sent while `ENCRYPTION_REQUIRED=1`; send the encrypted envelope."),
     Code("missing encrypted fields", 400, "The envelope lacks `epk`, `nonce` or `ciphertext`."),
-    Code("decryption_failed", 400, "The envelope could not be opened (wrong key, tampered or malformed fields)."),
+    Code("decryption_failed", 400, "The envelope could not be opened (wrong key, tampered or malformed fields, an all-zero or low-order `epk`)."),
+    Code("envelope_replayed", 409, "This envelope (same `epk` and `nonce`) was accepted before; seal the payload again."),
+    Code("envelope_expired", 400, "`ENVELOPE_MAX_AGE` is set and the sealed payload's `ts` is missing, older than that, or in the future."),
     Code("encryption_unavailable", 503, "An encrypted payload arrived but no `WORKER_PRIVATE_KEY_B64` is configured."),
     # ComfyUI and execution
     Code("comfy_init_failed", 503, "ComfyUI did not start: `no_comfy_home`, `no_main_py`, `port_in_use`, `import_error`, `exited`, `timeout`.", fatal=True, suffix="<reason>"),
@@ -69,6 +76,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("invalid_model_type", 400, "The model `type` is not a ComfyUI model folder (`checkpoints`, `loras`, `vae`, ...).", suffix="<type>"),
     Code("invalid_filename", 400, "A model file name is 1 to 255 letters, digits and ` ._+()-`, starting with a letter or digit: no `/`, `\\`, `..` name, NUL or hidden name."),
     Code("unsupported_scheme", 400, "A model URL must be `http://`, `https://` or `gs://bucket/object`.", suffix="<scheme>"),
+    Code("model_exists", 409, "`/download` would replace a different model file already at `<type>/<name>`; send `\"replace\": true` to replace it (the old file is moved to `.quarantine/`).", suffix="<type>/<name>"),
     Code("download_failed", 502, "A model download failed: the HTTP status that refused it (`404`, `403`, or `429`/`5xx` after retries), `timeout`, `unreachable`, `gcs`, `io` (the model folder cannot be written), or `worker_died` (the download killed its worker repeatedly).", suffix="<status|why>"),
     Code("size_mismatch", 502, "The source announced or delivered a size other than the expected one; nothing is at the final path."),
     Code("checksum_mismatch", 502, "The downloaded bytes do not have the expected sha256; the file is moved to `<models>/.quarantine/` and nothing is at the final path."),
@@ -76,6 +84,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("model_missing", 424, "A model of the version is absent or wrong and was not (or could not be) downloaded.", suffix="<name>"),
     # Delivery
     Code("gcs_bucket_required", 400, "`output_mode=gcs` needs `GCS_BUCKET` or a per-job `gcs_bucket`."),
+    Code("gcs_bucket_not_allowed", 403, "The bucket is not in `GCS_ALLOWED_BUCKETS`.", suffix="<bucket>"),
     Code("gcs_upload_failed", 502, "Uploading an output to GCS failed after retries; nothing partial is reported as done.", suffix="<why>"),
 )}
 

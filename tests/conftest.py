@@ -1,9 +1,12 @@
 """Shared fixtures: a running ComfyUI (stand-in or real, see tests/comfy_backends.py)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.comfy_backends import KIND, start_comfy
+from tests.docker_engine import TIMINGS as IMAGE_TIMINGS
 
 
 def pytest_collection_modifyitems(config, items):
@@ -12,6 +15,11 @@ def pytest_collection_modifyitems(config, items):
         keep = [item for item in items if "comfy" in item.keywords]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter):
+    if IMAGE_TIMINGS:
+        terminalreporter.write_line("image test timings: " + json.dumps(IMAGE_TIMINGS))
 
 
 @pytest.fixture(scope="module")

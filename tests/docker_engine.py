@@ -22,6 +22,8 @@ from pathlib import Path
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+# Seconds (and the image's MB) of each stage of the image test, for pytest's summary.
+TIMINGS: dict[str, float] = {}
 
 
 class EngineUnavailable(RuntimeError):

@@ -22,6 +22,9 @@ FAST = {
     "DOWNLOAD_SEGMENT_MIN_BYTES": str(1 << 20),
     "DOWNLOAD_PIECE_BYTES": str(256 << 10),
     "LOG_SILENT": "1",
+    # The model servers of these tests listen on loopback, which the fetch policy refuses unless
+    # told otherwise (tests/test_ssrf_attacks.py checks the refusals themselves).
+    "FETCH_ALLOW_HOSTS": "127.0.0.1 localhost",
 }
 
 

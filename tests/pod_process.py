@@ -112,6 +112,8 @@ def start_pod(root: Path, env: dict | None = None, comfy_home: str = "fake", wai
     full_env = {**os.environ, "DATA_ROOT": str(root / "data"), "COMFY_HOME": str(home),
                 "COMFY_PORT": str(comfy_port), "API_PORT": str(api_port), "DEFAULT_VERSION_ID": "demo",
                 "NVIDIA_SMI": str(fake_nvidia_smi(root)), "GPU_POLL_INTERVAL": "1",
+                # The tests' model and workflow servers listen on loopback: opt in (env may override).
+                "FETCH_ALLOW_HOSTS": "127.0.0.1 localhost",
                 "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     if comfy_home == "unset":
         del full_env["COMFY_HOME"]

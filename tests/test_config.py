@@ -31,6 +31,16 @@ def test_image_profile_uses_the_seeds_defaults():
     assert s.default_version_id == "" and s.active_versions == ()  # an image names its baked version itself
 
 
+def test_exposure_defaults_are_closed():
+    local, image = Settings.from_env({}), Settings.from_env({"APPLIANCE_PROFILE": "image"})
+    assert (local.api_host, local.api_allowed_hosts, local.allow_unauthenticated) == ("127.0.0.1", (), False)
+    assert (image.api_host, image.api_allowed_hosts, image.allow_unauthenticated) == ("0.0.0.0", ("*.proxy.runpod.net",), False)
+    assert Settings.from_env({"API_ALLOWED_HOSTS": "a.example, *.b.example [::2] *"}).api_allowed_hosts == (
+        "a.example", "*.b.example", "[::2]", "*")
+    assert Settings.from_env({"GCS_ALLOWED_BUCKETS": "one-bucket two.example.com"}).gcs_allowed_buckets == (
+        "one-bucket", "two.example.com")
+
+
 def test_derived_paths_follow_their_root():
     s = Settings.from_env({"DATA_ROOT": "/runpod-volume"})
     assert s.comfy_home == Path("/runpod-volume/ComfyUI")
@@ -61,6 +71,12 @@ def test_runpod_serverless_forces_serverless_mode():
     ({"LAUNCH_MODE": "pod"}, "LAUNCH_MODE"),
     ({"JOB_TIMEOUT": "-1"}, "JOB_TIMEOUT"),
     ({"COMFY_CPU": "maybe"}, "COMFY_CPU"),
+    ({"ALLOW_UNAUTHENTICATED": "maybe"}, "ALLOW_UNAUTHENTICATED"),
+    ({"API_ALLOWED_HOSTS": "https://pod.example.com"}, "API_ALLOWED_HOSTS"),
+    ({"API_ALLOWED_HOSTS": "ok.example.com evil.com/x"}, "API_ALLOWED_HOSTS"),
+    ({"GCS_BUCKET": "Bad_Bucket"}, "GCS_BUCKET"),
+    ({"GCS_BUCKET": "goog-x"}, "GCS_BUCKET"),
+    ({"GCS_ALLOWED_BUCKETS": "fine-bucket -bad-"}, "GCS_ALLOWED_BUCKETS"),
 ])
 def test_wrong_values_name_the_variable(env, needle):
     with pytest.raises(SettingsError) as err:

@@ -6,7 +6,7 @@ users run them: Pod mode (healthz, a job, supervisorctl inside, program lines in
 uid 1000 with the volume handed over to it.
 
 Needs root and `docker.io` + `debootstrap` (`make test` installs them when it runs as root).
-Timings of each stage are printed at the end of the module (`-s` shows them live).
+Timings of each stage are printed in pytest's summary (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ import pytest
 
 from services.config import REPO_ROOT
 from tests import workflows
-from tests.docker_engine import DockerEngine, EngineUnavailable, build_base
+from tests.docker_engine import TIMINGS, DockerEngine, EngineUnavailable, build_base
 from tests.standin_process import free_port, stop_process
 from tests.versions_support import commit, write_spec
 
@@ -36,7 +35,7 @@ IMAGE_TAG = "appliance-test:local"
 VERSION_ID = "imagetest"
 PROGRAMS = ("comfyui", "api", "modelsync", "gpuwatch", "logforward")
 RUNPOD_LOCAL = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
-TIMINGS: dict[str, float] = {}
+API_TOKEN = "image-test-token"  # the image binds 0.0.0.0, so Pod mode needs one (or ALLOW_UNAUTHENTICATED=1)
 
 STANDIN_MAIN = '''import os, sys
 # The image test's "ComfyUI": the suite's stand-in, carried in this repository as a package.
@@ -71,7 +70,6 @@ def engine(tmp_path_factory):
         engine.stop()
         if not cache:
             shutil.rmtree(root, ignore_errors=True)
-        sys.__stderr__.write("\nimage test timings: " + json.dumps(TIMINGS) + "\n")
 
 
 class GitDaemon:
@@ -138,9 +136,10 @@ def image(engine, tmp_path_factory):
     yield IMAGE_TAG
 
 
-def http(method: str, url: str, body=None, timeout: float = 60):
+def http(method: str, url: str, body=None, timeout: float = 60, token: str | None = None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -231,24 +230,34 @@ def root_owned_volume(tmp_path: Path) -> Path:
     return volume
 
 
+def test_pod_mode_without_a_token_refuses_to_start(engine, image):
+    # The image binds 0.0.0.0: closed by default, one line, exit status 2.
+    proc = engine.run("run", "--rm", "--network", "host", "-e", "LAUNCH_MODE=api", image, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "config error: API_HOST=0.0.0.0" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_pod_mode_in_the_image(engine, image, tmp_path):
     volume = root_owned_volume(tmp_path)
     api_port = free_port()
     pod = Container.run(engine, f"pod-{os.getpid()}", env={
-        "LAUNCH_MODE": "api", "API_PORT": str(api_port), "COMFY_PORT": str(free_port())}, volume=volume)
+        "LAUNCH_MODE": "api", "API_PORT": str(api_port), "COMFY_PORT": str(free_port()), "API_TOKEN": API_TOKEN},
+        volume=volume)
     url = f"http://127.0.0.1:{api_port}"
     try:
         started = time.monotonic()
 
         def healthy():
-            status, body = http("GET", url + "/healthz", timeout=3)
+            status, body = http("GET", url + "/healthz", timeout=3, token=API_TOKEN)
             return status == 200, body
         health = wait_for(healthy, "/healthz 200", 180, pod)
         TIMINGS["pod_healthy_s"] = round(time.monotonic() - started, 1)
         assert health["ok"] is True and health["comfy"]["state"] == "ready", health
 
+        assert set(http("GET", url + "/healthz", timeout=3)[1]) == {"ok", "server_public_key_b64"}  # a stranger
+        assert http("GET", url + "/jobs", timeout=3)[0] == 401
         status, result = http("POST", url + "/run", {"version_id": VERSION_ID, "output_mode": "base64",
-                                                     "workflow": workflows.image(width=32, height=24)})
+                                                     "workflow": workflows.image(width=32, height=24)}, token=API_TOKEN)
         assert status == 200, result
         assert_png_output(result)
 

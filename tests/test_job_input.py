@@ -27,8 +27,9 @@ class NoComfy:
 
 
 def make_runner(**env):
+    # The web fixture listens on loopback: opt in (tests/test_ssrf_attacks.py checks refusals).
     settings = Settings.from_env({"WORKFLOW_URL_TIMEOUT": "1", "WORKFLOW_URL_MAX_BYTES": "2048",
-                                  "DEFAULT_VERSION_ID": "", **env})
+                                  "DEFAULT_VERSION_ID": "", "FETCH_ALLOW_HOSTS": "127.0.0.1", **env})
     return JobRunner(settings, SpecStore(REPO_ROOT / "versions"), NoComfy())
 
 

@@ -66,6 +66,10 @@ def test_unknown_types_are_refused(bad):
     ("gs://bucket-only", "unsupported_scheme:gs"),
     ("", "invalid_payload:url"),
     (None, "invalid_payload:url"),
+    ("gs://[", "invalid_payload:url"),                    # urlsplit raises on it (was a 500)
+    ("http://[::1", "invalid_payload:url"),
+    ("http://u:p@h/x", "url_forbidden:userinfo"),
+    ("https://h\\@huggingface.co/x", "url_forbidden:userinfo"),
 ])
 def test_only_http_https_and_gs_urls_are_accepted(url, expected):
     assert code(url=url) == expected
@@ -87,11 +91,12 @@ def test_sha256_and_size_are_checked_and_normalized():
 
 def test_queue_download_joins_the_same_target_under_an_alias(tmp_path):
     store = DownloadStore(Database(tmp_path / "state.db"))
-    first = queue_download(store, url=URL, type="unet", filename="m.safetensors")
-    again = queue_download(store, url=URL, type="diffusion_models", filename="m.safetensors")
+    settings = make_settings(tmp_path)
+    first = queue_download(store, settings, url=URL, type="unet", filename="m.safetensors")
+    again = queue_download(store, settings, url=URL, type="diffusion_models", filename="m.safetensors")
     assert first.id == again.id and first.type == "diffusion_models" and first.state == "queued"
     with pytest.raises(AppError):
-        queue_download(store, url="ftp://x/y", type="vae", filename="v.pt")
+        queue_download(store, settings, url="ftp://x/y", type="vae", filename="v.pt")
     assert len(store.list()) == 1
 
 
@@ -130,3 +135,101 @@ def test_listing_skips_dangling_links(tmp_path):
     folder.mkdir(parents=True)
     os.symlink(tmp_path / "gone", folder / "dangling.pt")
     assert list_models(settings, type="vae") == {"vae": []}
+
+
+# --- /download never replaces a different model file unless asked ------------------------------
+
+def queue(settings, url, **fields):
+    store = DownloadStore(Database(settings.state_db))
+    return store, queue_download(store, settings, url=url, type="loras", filename="l.safetensors", **fields)
+
+
+def work(settings, store):
+    from services.modelsync.daemon import ModelSync
+    from services.versions.spec import SpecStore
+
+    assert ModelSync(settings, store, SpecStore(settings.versions_dir)).step()
+
+
+def existing(settings, data: bytes):
+    path = settings.models_dir / "loras" / "l.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_download_over_a_file_of_another_size_is_refused_at_request_time(tmp_path, server):
+    settings = make_settings(tmp_path)
+    path = existing(settings, b"old model")
+    with pytest.raises(AppError) as err:
+        queue(settings, server.route("/m", Blob(b"new")), size=3)
+    assert (err.value.code, err.value.status) == ("model_exists:loras/l.safetensors", 409)
+    assert path.read_bytes() == b"old model"
+
+
+def test_download_over_a_known_different_file_is_refused_and_unhashed_ones_by_modelsync(tmp_path, server):
+    from services.models.cache import index_path
+    from services.models.index import HashIndex
+    from services.models.integrity import check_file
+
+    settings = make_settings(tmp_path)
+    new = payload(3000, seed=1)
+    path = existing(settings, payload(3000, seed=2))
+    url = server.route("/m", Blob(new))
+    # Not hashed yet: the API cannot tell without reading it, so modelsync decides.
+    store, row = queue(settings, url, sha256=sha(new), size=len(new))
+    work(settings, store)
+    failed = store.get(row.id)
+    assert (failed.state, failed.error) == ("failed", "model_exists:loras/l.safetensors")
+    assert path.read_bytes() == payload(3000, seed=2)
+    # Now hashed (modelsync read it): the API refuses at once.
+    assert check_file(HashIndex(index_path(settings)), path, size=None, sha256=sha(new)).status == "checksum_mismatch"
+    with pytest.raises(AppError) as err:
+        queue(settings, url, sha256=sha(new))
+    assert err.value.code == "model_exists:loras/l.safetensors"
+
+
+def test_replace_true_replaces_and_keeps_the_old_file_in_quarantine(tmp_path, server):
+    settings = make_settings(tmp_path)
+    new = payload(3000, seed=1)
+    path = existing(settings, b"old model")
+    store, row = queue(settings, server.route("/m", Blob(new)), sha256=sha(new), size=len(new), replace=True)
+    assert row.public()["replace"] is True
+    work(settings, store)
+    assert store.get(row.id).state == "done" and path.read_bytes() == new
+    assert [p.read_bytes() for p in (settings.models_dir / ".quarantine" / "loras").iterdir()] == [b"old model"]
+
+
+def test_the_same_file_is_simply_present(tmp_path, server):
+    settings = make_settings(tmp_path)
+    data = payload(2000)
+    existing(settings, data)
+    store, row = queue(settings, server.route("/m", Blob(data)), sha256=sha(data))
+    work(settings, store)
+    assert store.get(row.id).state == "done"
+
+
+def test_replace_must_be_a_boolean(tmp_path):
+    with pytest.raises(AppError) as err:
+        queue(make_settings(tmp_path), URL, replace="yes")
+    assert err.value.code == "invalid_payload:replace"
+
+
+def test_download_listings_show_no_credentials(tmp_path):
+    store = DownloadStore(Database(tmp_path / "state.db"))
+    # Rows from before the fetch policy may hold user:password; none can be queued now.
+    row = store.enqueue(url="https://user:pa55@mirror.example:8443/m.safetensors?X-Amz-Signature=SIG#f",
+                        type="loras", filename="m.safetensors")
+    assert row.public()["url"] == "https://mirror.example:8443/m.safetensors"
+    assert "pa55" not in json.dumps([d.public() for d in store.list()])
+    with pytest.raises(AppError) as err:
+        validate_download("https://user:pa55@mirror.example/m", "loras", "m.safetensors")
+    assert err.value.code == "url_forbidden:userinfo"
+
+
+def test_a_database_from_before_replace_gets_the_column(tmp_path):
+    db = Database(tmp_path / "state.db")
+    assert "replace_existing" not in {r["name"] for r in db.read("PRAGMA table_info(downloads)")}
+    first, second = DownloadStore(db), DownloadStore(Database(tmp_path / "state.db"))  # the second finds it
+    assert first.enqueue(url=URL, type="vae", filename="v.pt").replace_existing == 0
+    assert [d.replace_existing for d in second.list()] == [0]

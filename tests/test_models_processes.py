@@ -78,7 +78,7 @@ def test_sigkilled_modelsync_resumes_from_its_partial_without_fetching_finished_
     blob = Blob(data, rate=4 * MiB)
     settings = make_settings(tmp_path)
     store = DownloadStore(Database(settings.state_db))
-    row = queue_download(store, url=server.route("/m", blob), type="loras", filename="l.safetensors",
+    row = queue_download(store, settings, url=server.route("/m", blob), type="loras", filename="l.safetensors",
                          sha256=sha(data), size=len(data))
     target = Target.of(settings.models_dir, "loras", "l.safetensors")
     first = modelsync(tmp_path, "first.log")
@@ -108,7 +108,7 @@ def test_sigterm_stops_between_chunks_keeps_the_partial_and_exits_0(tmp_path, se
     blob = Blob(data, rate=4 * MiB)
     settings = make_settings(tmp_path)
     store = DownloadStore(Database(settings.state_db))
-    queue_download(store, url=server.route("/m", blob), type="vae", filename="v.pt", size=len(data))
+    queue_download(store, settings, url=server.route("/m", blob), type="vae", filename="v.pt", size=len(data))
     target = Target.of(settings.models_dir, "vae", "v.pt")
     proc = modelsync(tmp_path, LOG_SILENT="0")
     wait_for(lambda: any(p.stat().st_size > 0 for p in target.partials()), what="a partial")

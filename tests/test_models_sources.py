@@ -14,8 +14,10 @@ from services import logs
 from services.errors import AppError
 from services.models import downloader
 from services.models.sources import host_tokens, open_source, public_url, token_for
-from services.models.transport import HttpSource
+from services.net.policy import FetchPolicy
+from services.net.target import parse_target
 from tests.http_server import free_port, send
+from tests.tls_server import TlsServer, make_certs, trusting_source
 from tests.model_fixtures import fetch, litter, make_settings, payload, server, sha, target  # noqa: F401
 from tests.model_server import Blob, Status
 
@@ -42,24 +44,39 @@ def download_with(source, partial: Path, size: int, settings) -> tuple[int, str]
     ("https://hf.co.evil.example/x", None),
     ("https://example.com/huggingface.co", None),
     ("http://127.0.0.1:8000/x", None),
+    ("https://huggingface.co./x", "hf"),
+    ("http://huggingface.co/x", None),        # never over plain http
+    ("http://civitai.com/api/download/models/1", None),
 ])
 def test_each_token_goes_to_its_own_hosts_only(url, expected):
     settings = make_settings(Path("/nonexistent"), HF_TOKEN="hf", CIVITAI_TOKEN="civitai")
-    assert token_for(url, host_tokens(settings)) == expected
+    assert token_for(parse_target(url), host_tokens(settings)) == expected
 
 
 def test_no_token_set_means_no_authorization():
     assert host_tokens(make_settings(Path("/nonexistent"))) == {}
 
 
-def test_token_is_not_sent_on_a_redirect_to_another_host(tmp_path, server):
+@pytest.fixture
+def tls_server(tmp_path):
+    """An https server on 127.0.0.1 (tokens travel over https only) and its CA."""
+    ca, cert, key = make_certs(tmp_path, ["127.0.0.1", "localhost"])
+    with TlsServer(cert, key) as server:
+        server.ca = ca
+        yield server
+
+
+LOOPBACK_OK = FetchPolicy(allow_private=True)  # these tests' servers listen on loopback
+
+
+def test_token_is_not_sent_on_a_redirect_to_another_host(tmp_path, tls_server):
+    server = tls_server
     data = payload(40_000)
     blob = Blob(data)
-    port = server.httpd.server_address[1]
     server.route("/m", blob)
-    server.route("/r", lambda req: send(req, 302, b"", headers={"Location": f"http://localhost:{port}/m"}))
+    server.route("/r", lambda req: send(req, 302, b"", headers={"Location": f"https://localhost:{server.port}/m"}))
     # 127.0.0.1 plays the token's host and localhost the CDN it redirects to.
-    source = HttpSource(server.url + "/r", {"127.0.0.1": "s3cret"}, read_timeout=2)
+    source = trusting_source(server.ca, server.url + "/r", {"127.0.0.1": "s3cret"}, 2, LOOPBACK_OK)
     settings = make_settings(tmp_path)
     assert download_with(source, tmp_path / "out", len(data), settings) == (len(data), sha(data))
     redirect_hit = [h for h in server.hits if h[1] == "/r"][0]
@@ -67,14 +84,24 @@ def test_token_is_not_sent_on_a_redirect_to_another_host(tmp_path, server):
     assert [r["auth"] for r in blob.requests] == [None]
 
 
-def test_token_is_sent_when_the_redirect_stays_on_the_host(tmp_path, server):
+def test_token_is_sent_when_the_redirect_stays_on_the_host(tmp_path, tls_server):
+    server = tls_server
     data = payload(1000)
     blob = Blob(data)
     server.route("/m", blob)
     server.route("/r", lambda req: send(req, 302, b"", headers={"Location": "/m"}))
-    source = HttpSource(server.url + "/r", {"127.0.0.1": "s3cret"}, read_timeout=2)
+    source = trusting_source(server.ca, server.url + "/r", {"127.0.0.1": "s3cret"}, 2, LOOPBACK_OK)
     download_with(source, tmp_path / "out", len(data), make_settings(tmp_path))
     assert [r["auth"] for r in blob.requests] == ["Bearer s3cret"]
+
+
+def test_token_is_not_sent_over_plain_http(tmp_path, server):
+    data = payload(1000)
+    blob = Blob(data)
+    server.route("/m", blob)
+    source = trusting_source(Path("/nonexistent"), server.url + "/m", {"127.0.0.1": "s3cret"}, 2, LOOPBACK_OK)
+    download_with(source, tmp_path / "out", len(data), make_settings(tmp_path))
+    assert [r["auth"] for r in blob.requests] == [None]
 
 
 def test_redirect_to_a_file_url_is_refused(tmp_path, server):

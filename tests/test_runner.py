@@ -13,6 +13,7 @@ from services.comfy.client import ComfyClient
 from services.config import REPO_ROOT, Settings
 from services.errors import AppError
 from services.jobs.runner import FixedComfy, JobRunner
+from services.jobs.workflow import isolate_outputs
 from services.versions.spec import SpecStore
 from tests import workflows
 
@@ -168,15 +169,15 @@ def test_comfy_not_reachable():
 def test_adopting_a_prompt_submitted_by_a_dead_worker(comfy):
     async def go():
         settings = Settings.from_env({"DEFAULT_VERSION_ID": "demo"})
-        # The dead worker's client submitted the prompt (its socket is gone with it).
+        # The dead worker's client submitted the job's prompt (its socket is gone with it).
         dead = ComfyClient(comfy.url)
-        prompt_id = await dead.submit(workflows.sleep_then_save(0.5, steps=2))
+        prompt_id = await dead.submit(isolate_outputs(workflows.sleep_then_save(0.5, steps=2), "adopted-job"))
         await dead.close()
         client = ComfyClient(comfy.url)
         runner = JobRunner(settings, SpecStore(REPO_ROOT / "versions"), FixedComfy(client))
         try:
             return prompt_id, await runner.run({"workflow": workflows.sleep_then_save(0.5, steps=2)},
-                                               resume_prompt_id=prompt_id)
+                                               job_id="adopted-job", resume_prompt_id=prompt_id)
         finally:
             await runner.close()
             await client.close()
@@ -205,7 +206,8 @@ def test_the_versions_models_are_fetched_before_the_job_and_timed(comfy, tmp_pat
         spec["models"] = [{"name": "w.safetensors", "type": "checkpoints", "url": url, "size": len(weights),
                            "sha256": hashlib.sha256(weights).hexdigest()}]
         (versions / "demo.json").write_text(json.dumps(spec))
-        env = {"VERSIONS_DIR": str(versions), "DATA_ROOT": str(tmp_path / "data")}
+        # The model server listens on loopback: opt in to fetching from it.
+        env = {"VERSIONS_DIR": str(versions), "DATA_ROOT": str(tmp_path / "data"), "FETCH_ALLOW_HOSTS": "127.0.0.1"}
         first = one(comfy.url, {"workflow": workflows.image(color=31)}, env=env)
         second = one(comfy.url, {"workflow": workflows.image(color=32)}, env=env)
         assert (tmp_path / "data" / "models" / "checkpoints" / "w.safetensors").read_bytes() == weights

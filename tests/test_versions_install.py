@@ -325,6 +325,7 @@ def test_install_fetches_the_models_through_the_model_store(world, settings):
     from tests.http_server import LocalServer, static
 
     data = b"tiny weights"
+    settings = settings.replace(fetch_allow_hosts=("127.0.0.1",))  # the model server is on loopback
     with LocalServer() as server:
         good = server.route("/tiny.safetensors", static(data, content_type="application/octet-stream"))
         missing = server.url + "/gone.safetensors"

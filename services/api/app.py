@@ -7,18 +7,16 @@ This process never imports torch.
 """
 from __future__ import annotations
 
-import hmac
-
 import falcon
 import falcon.asgi
 
 from services import __version__, config, logs
-from services.api import http, jobs, models
+from services.api import exposure, http, jobs, models
 from services.api.executor import JobExecutor, worker_id
+from services.api.guard import RequestGuard, token_matches
 from services.api.health import HealthState
 from services.api.openapi import OpenApiResource
 from services.comfy.client import ComfyClient
-from services.errors import AppError
 from services.jobs.runner import JobRunner
 from services.pod.comfy import PodComfy
 from services.store.comfy_state import ComfyStateStore
@@ -26,9 +24,6 @@ from services.store.db import Database
 from services.store.downloads import DownloadStore
 from services.store.jobs import JobStore
 from services.versions.spec import SpecStore
-
-PUBLIC_ROUTES = ("/healthz", "/openapi.json")
-
 
 class Lifespan:
     """Starts each worker's background tasks (job claiming, health refresh) and stops them."""
@@ -45,26 +40,20 @@ class Lifespan:
             await part.stop()
 
 
-class TokenAuth:
-    """With API_TOKEN set, every route but /healthz and /openapi.json needs `Bearer <token>`."""
-
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
-
-    async def process_request(self, req, resp) -> None:
-        if req.path in PUBLIC_ROUTES:
-            return
-        given = (req.get_header("Authorization") or "").encode()
-        if not hmac.compare_digest(given, self.expected):
-            raise AppError("unauthorized", "send Authorization: Bearer <API_TOKEN>")
-
-
 class HealthResource:
-    def __init__(self, health: HealthState):
+    """Public, for load balancers and Docker's HEALTHCHECK: `{ok, server_public_key_b64}` to
+    anyone; the details (paths, pids, programs, GPU, versions) only to token holders, or to
+    everyone when no token is configured and the API listens on loopback only."""
+
+    def __init__(self, health: HealthState, settings):
         self.health = health
+        self.token = settings.api_token
+        self.details_public = exposure.details_public(settings)
 
     async def on_get(self, req, resp) -> None:
-        http.send_json(resp, self.health.body, self.health.status)
+        detailed = self.details_public or (
+            self.token and token_matches(req.get_header("Authorization"), self.token))
+        http.send_json(resp, self.health.body if detailed else self.health.public_body, self.health.status)
 
 
 class _Closing:
@@ -83,6 +72,7 @@ class _Closing:
 
 def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     settings = settings or config.load_or_exit()
+    exposure.check_bind(settings)  # etc/gunicorn.conf.py refuses first; this covers other servers
     logs.configure_from(settings)
     comfy = ComfyClient(settings.comfy_url or f"http://{settings.comfy_host}:{settings.comfy_port}")
     db = Database(settings.state_db)
@@ -94,12 +84,10 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)
     health = HealthState(settings, comfy, lambda: {"appliance": __version__, "comfy": comfy_state.runtime()})
 
-    middleware = [Lifespan(health, provider, executor, _Closing(runner, comfy))]
-    if settings.api_token:
-        middleware.append(TokenAuth(settings.api_token))
+    middleware = [Lifespan(health, provider, executor, _Closing(runner, comfy)), RequestGuard(settings)]
     app = falcon.asgi.App(middleware=middleware)
     http.install(app)
-    app.add_route("/healthz", HealthResource(health))
+    app.add_route("/healthz", HealthResource(health, settings))
     app.add_route("/openapi.json", OpenApiResource())
     jobs.route(app, settings, runner, executor, store, comfy)
     models.route(app, settings, DownloadStore(db))

@@ -21,7 +21,7 @@ from services.comfy.client import Progress
 from services.errors import AppError
 from services.jobs.runner import JobRunner
 from services.periodic import Periodic
-from services.security.envelope import open_payload
+from services.security.envelope import OpenedPayload, is_envelope, open_payload
 from services.store.jobs import LEASE_SECONDS, Job, JobStore
 from services.timeouts import at_most
 
@@ -115,6 +115,7 @@ class JobExecutor:
     async def _execute(self, job: Job) -> dict[str, Any]:
         """Run a job to its end and record it; returns what the synchronous caller is sent."""
         log.info("job_start", job_id=job.id, attempt=job.attempts, resume=bool(job.prompt_id))
+        opened = OpenedPayload(None, None)  # until the stored body is opened, errors carry no payload
         try:
             opened = open_payload(json.loads(job.payload), self.settings)
             result = await self.runner.run(
@@ -129,14 +130,29 @@ class JobExecutor:
                 # DELETE /jobs/{id} in another worker interrupted ComfyUI before our heartbeat saw
                 # the flag: the job was cancelled, not broken.
                 exc = AppError("cancelled", "cancelled while running", extra=exc.extra)
-                await asyncio.to_thread(self.store.fail, self.owner, job.id, exc.code, exc.detail, "cancelled")
-            else:
-                await asyncio.to_thread(self.store.fail, self.owner, job.id, exc.code, exc.detail)
-            return {"status": exc.status, "body": {**exc.as_dict(), "job_id": job.id}}
+            body = opened.error(exc)
+            await asyncio.to_thread(self._record_failure, job.id, exc, body, opened.encrypted)
+            return {"status": exc.status, "body": {**body, "job_id": job.id}}
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.store.fail, self.owner, job.id, "cancelled",
                                                    "cancelled while running", "cancelled"))
             raise
+        except Exception:
+            # A bug, not the job: left running, its lease would expire and the job run again
+            # (three times, then worker_lost) — a poison job. It fails once, with the trace logged.
+            log.error("job_failed_by_bug", exc_info=True, job_id=job.id)
+            exc = AppError("internal_error", "unexpected error while running the job; see the api log")
+            body = opened.error(exc)
+            await asyncio.to_thread(self._record_failure, job.id, exc, body, opened.encrypted)
+            return {"status": exc.status, "body": {**body, "job_id": job.id}}
+
+    def _record_failure(self, job_id: str, exc: AppError, body: dict[str, Any], encrypted: bool) -> None:
+        state = "cancelled" if exc.prefix == "cancelled" else "failed"
+        if encrypted:  # the row keeps what the requester got: the bare code and the sealed rest
+            sealed = {k: v for k, v in body.items() if k != "error"}
+            self.store.fail(self.owner, job_id, exc.prefix, None, state, sealed=sealed)
+        else:
+            self.store.fail(self.owner, job_id, exc.code, exc.detail, state)
 
     def _on_progress(self, job_id: str, progress: Progress) -> None:
         self.progress[job_id] = progress.percent
@@ -151,5 +167,7 @@ def worker_id() -> str:
 
 
 def _version_hint(body: Any) -> str | None:
+    if is_envelope(body):
+        return None  # an encrypted job's version is part of its sealed payload
     value = body.get("version_id") if isinstance(body, dict) else None
     return value if isinstance(value, str) else None

@@ -4,6 +4,8 @@ The request path does no I/O: ComfyUI is pinged, supervisord asked (XML-RPC over
 socket) and gpuwatch's file read by the refresher, which also pre-serialises the answer.
 `ok` is ComfyUI answering; a ComfyUI that is down makes /healthz answer 503 with the reason:
 the `comfyui` program's own when it failed its checks, else supervisord's view of it.
+`public_body` is what callers without the token get: `ok` and the public key, nothing that
+maps the machine (paths, pids, versions).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class HealthState:
         self.version = version
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self.snapshot: dict[str, Any] = {}
-        self.body = b"{}"
+        self.body = self.public_body = b"{}"
         self.status = 503
         self._stats: dict[str, Any] = {}
         self._stats_at = 0.0
@@ -84,4 +86,5 @@ class HealthState:
             "version": await asyncio.to_thread(self.version),
         }
         self.body = json.dumps(self.snapshot).encode()
+        self.public_body = json.dumps({"ok": comfy_up, "server_public_key_b64": self._public_key}).encode()
         self.status = 200 if comfy_up else 503

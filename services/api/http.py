@@ -1,6 +1,7 @@
-"""HTTP plumbing of the Pod API: JSON bodies with a size cap, and errors as `{"error", "detail"}`.
+"""HTTP plumbing of the Pod API: JSON bodies with a size and depth cap, and errors as
+`{"error", "detail"}`.
 
-Falcon's own errors (404, 405, bad media) and anything unexpected are mapped onto the same
+Falcon's own errors (404, 405, bad headers) and anything unexpected are mapped onto the same
 shape: a client never sees an HTML page or a traceback.
 """
 from __future__ import annotations
@@ -11,14 +12,15 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from services import logs
+from services import jsonlimits, logs
 from services.errors import AppError
 
 log = logs.get("api")
 
 MAX_BODY_BYTES = 64 * 2**20  # base64 input images make /run bodies large; RunPod caps at 20 MB
 
-_FALCON_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_FALCON_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type"}
 
 
 async def read_json(req: falcon.asgi.Request) -> Any:
@@ -30,9 +32,9 @@ async def read_json(req: falcon.asgi.Request) -> Any:
     if not raw.strip():
         raise AppError("invalid_json", "the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise AppError("invalid_json", f"the body is not valid JSON: {exc}") from None
+        return jsonlimits.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise AppError("invalid_json", f"the body is not valid JSON: {exc}"[:300]) from None
 
 
 def send_json(resp: falcon.asgi.Response, body: Any, status: int = 200) -> None:
@@ -42,6 +44,8 @@ def send_json(resp: falcon.asgi.Response, body: Any, status: int = 200) -> None:
 
 
 async def app_error(req, resp, exc: AppError, params) -> None:
+    if exc.status == 401:
+        resp.set_header("WWW-Authenticate", 'Bearer realm="appliance"')  # RFC 6750 §3
     send_json(resp, exc.as_dict(), exc.status)
 
 

@@ -4,10 +4,15 @@
 failed job later), then either runs the job in this worker and answers with its result
 (default) or answers `202 {"job_id"}` at once (`"async": true`). `async` and `job_id` may sit
 beside an encrypted envelope: they say how to run it, not what.
+
+An encrypted request is accepted once (a replay gets 409 `envelope_replayed`, except a retry
+that names the `job_id` the envelope created: it gets that job back), and every answer to it,
+errors included, is sealed for its sender.
 """
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import falcon
@@ -17,7 +22,9 @@ from services.api.http import read_json, send_json
 from services.comfy.client import ComfyClient
 from services.errors import AppError
 from services.jobs.runner import JobRunner
-from services.security.envelope import open_payload
+from services.security.envelope import OpenedPayload, open_payload
+from services.security.replay import check_fresh, replayed
+from services.store.envelopes import EnvelopeLedger
 from services.store.jobs import TERMINAL, JobStore
 from services.versions.spec import VERSION_ID_RE
 
@@ -36,6 +43,7 @@ def _job_id(value: Any) -> str | None:
 class RunResource:
     def __init__(self, settings, runner: JobRunner, executor: JobExecutor, store: JobStore):
         self.settings, self.runner, self.executor, self.store = settings, runner, executor, store
+        self.ledger = EnvelopeLedger(store.db, settings.envelope_max_age)
 
     async def on_post(self, req, resp) -> None:
         body = await read_json(req)
@@ -46,7 +54,14 @@ class RunResource:
             raise AppError("invalid_payload", "async must be true or false", suffix="async")
         job_id = _job_id(body.get("job_id"))
         payload = {k: v for k, v in body.items() if k not in _META}
-        self.runner.validate(open_payload(payload, self.settings).payload)
+        opened = open_payload(payload, self.settings)
+        if opened.encrypted:
+            job_id = await self._accept_once(opened, job_id)
+        try:
+            self.runner.validate(opened.payload)
+        except AppError as exc:
+            send_json(resp, opened.error(exc), exc.status)
+            return
 
         if is_async:
             job = await self.executor.enqueue(payload, job_id)
@@ -66,6 +81,14 @@ class RunResource:
             outcome = {"status": 409, "body": {"error": "cancelled", "detail": "cancelled while running",
                                                "job_id": job.id}}
         send_json(resp, outcome["body"], outcome["status"])
+
+    async def _accept_once(self, opened: OpenedPayload, job_id: str | None) -> str:
+        """Refuse a stale or replayed envelope; returns the job id the envelope runs as."""
+        check_fresh(opened, self.settings.envelope_max_age)
+        wanted = job_id or uuid.uuid4().hex  # without a job_id of its own, any second use is a replay
+        if await asyncio.to_thread(self.ledger.claim, opened.replay_key, wanted) != wanted:
+            raise replayed()
+        return wanted
 
     async def _wait_elsewhere(self, job_id: str) -> dict[str, Any]:
         """A retried request whose job another worker owns: wait for the row to finish."""

@@ -1,6 +1,7 @@
 """`/download`, `/downloads` and `/models/ls`: queueing model downloads for the `modelsync`
-program and listing what ComfyUI can load. Validation (scheme, type, file name, sha256) is the
-model store's (services/models/intake.py), so the API and modelsync apply the same rules."""
+program and listing what ComfyUI can load. Validation (the URL under the fetch policy, type,
+file name, sha256, `replace`) is the model store's (services/models/intake.py), so the API and
+modelsync apply the same rules. Listings show URLs through `public_url` (no credentials)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,9 @@ from services.store.downloads import DownloadStore
 
 
 class DownloadResource:
-    def __init__(self, store: DownloadStore):
+    def __init__(self, store: DownloadStore, settings):
         self.store = store
+        self.settings = settings
 
     async def on_post(self, req, resp) -> None:
         body = await read_json(req)
@@ -26,8 +28,9 @@ class DownloadResource:
             # The seeds' /download names no file: take the URL's last path segment.
             body["filename"] = body["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         download = await asyncio.to_thread(
-            queue_download, self.store, url=body.get("url"), type=body.get("type"),
-            filename=body.get("filename"), sha256=body.get("sha256"), size=body.get("size"))
+            queue_download, self.store, self.settings, url=body.get("url"), type=body.get("type"),
+            filename=body.get("filename"), sha256=body.get("sha256"), size=body.get("size"),
+            replace=body.get("replace", False))
         resp.set_header("Location", f"/downloads/{download.id}")
         send_json(resp, {"download_id": download.id, "state": download.state}, 202)
 
@@ -62,7 +65,7 @@ class ModelsListResource:
 
 
 def route(app: falcon.asgi.App, settings, store: DownloadStore) -> None:
-    app.add_route("/download", DownloadResource(store))
+    app.add_route("/download", DownloadResource(store, settings))
     app.add_route("/downloads", DownloadsResource(store))
     app.add_route("/downloads/{download_id}", DownloadStatusResource(store))
     app.add_route("/models/ls", ModelsListResource(settings))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from services import __version__
+from services.model_types import ALL_TYPES
 
 
 def _ref(name: str) -> dict:
@@ -20,7 +21,9 @@ def _json(schema: dict, description: str) -> dict:
 
 
 ERROR = _json(_ref("Error"), "Error: a stable code and a human detail")
-_ERRORS = {"400": ERROR, "401": ERROR, "404": ERROR, "413": ERROR}
+# 421: a Host header this API does not serve (services/api/guard.py); 415: a body that is not JSON.
+_ERRORS = {"400": ERROR, "401": ERROR, "404": ERROR, "413": ERROR, "421": ERROR}
+_BODY_ERRORS = {**_ERRORS, "415": ERROR}
 
 SCHEMAS = {
     "Error": {
@@ -28,7 +31,10 @@ SCHEMAS = {
         "properties": {"error": {"type": "string", "description": "stable code, see README's error reference"},
                        "detail": {"type": "string"},
                        "node_errors": {"type": "object", "description": "ComfyUI's own per-node validation errors"},
-                       "job_id": {"type": "string"}},
+                       "job_id": {"type": "string"},
+                       # An encrypted request's error: `error` is the bare code prefix, the rest is sealed.
+                       "encrypted": {"const": True}, "nonce": {"type": "string"},
+                       "ciphertext": {"type": "string", "description": "sealed {error, detail, ...} (open_reply)"}},
     },
     "Envelope": {
         "type": "object", "required": ["encrypted", "epk", "nonce", "ciphertext"],
@@ -54,7 +60,8 @@ SCHEMAS = {
                 "properties": {"name": {"type": "string"}, "image": {"type": "string", "description": "base64 or data URI"},
                                "url": {"type": "string"}}}},
             "async": {"type": "boolean", "description": "answer 202 {job_id} at once"},
-            "job_id": {"type": "string", "description": "client-chosen id: a retry returns the same job"},
+            "job_id": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*(\\.[A-Za-z0-9_-]+)*$",
+                       "description": "client-chosen id: a retry returns the same job"},
         },
     },
     "Output": {
@@ -86,12 +93,16 @@ SCHEMAS = {
     },
     "DownloadRequest": {
         "type": "object", "required": ["url", "type"],
-        "properties": {"url": {"type": "string", "description": "http(s):// or gs://bucket/object"},
-                       "type": {"type": "string", "description": "ComfyUI model folder: checkpoints, loras, vae, "
-                                "text_encoders (clip), diffusion_models (unet), controlnet, upscale_models, ..."},
-                       "filename": {"type": "string", "description": "default: the URL's last path segment"},
+        "properties": {"url": {"type": "string", "pattern": "^(https?|gs)://", "description": "http(s):// or gs://bucket/object"},
+                       "type": {"enum": list(ALL_TYPES), "description": "ComfyUI model folder (unet, clip and "
+                                "t2i_adapter are aliases of diffusion_models, text_encoders and controlnet)"},
+                       "filename": {"type": "string", "maxLength": 255, "pattern": "^[A-Za-z0-9][A-Za-z0-9 ._+()-]*$",
+                                    "description": "default: the URL's last path segment"},
                        "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-                       "size": {"type": "integer", "minimum": 0}},
+                       "size": {"type": "integer", "minimum": 0},
+                       "replace": {"type": "boolean", "default": False,
+                                   "description": "replace a different file already at type/filename "
+                                                  "(else 409 model_exists)"}},
     },
     "Download": {
         "type": "object", "required": ["download_id", "state"],
@@ -102,7 +113,7 @@ SCHEMAS = {
                        "bytes_total": {"type": ["integer", "null"]}, "path": {"type": ["string", "null"]},
                        "error": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]},
                        "attempts": {"type": "integer"}, "created_at": {"type": "number"},
-                       "updated_at": {"type": "number"}},
+                       "updated_at": {"type": "number"}, "replace": {"type": "boolean"}},
     },
     "Model": {
         "type": "object", "required": ["name", "size", "path"],
@@ -111,7 +122,9 @@ SCHEMAS = {
                        "path": {"type": "string"}},
     },
     "Health": {
-        "type": "object", "required": ["ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "programs", "version"],
+        "type": "object", "required": ["ok", "server_public_key_b64"],
+        "description": "Without the token (when API_TOKEN is set, or the API listens beyond loopback) "
+                       "only `ok` and `server_public_key_b64`",
         "properties": {"ok": {"type": "boolean"}, "model_dir": {"type": "string"},
                        "server_public_key_b64": {"type": "string"},
                        "comfy": {"type": "object", "required": ["state"],
@@ -123,10 +136,12 @@ SCHEMAS = {
 
 PATHS = {
     "/healthz": {"get": {
-        "summary": "Health from a cached snapshot (no I/O per request)",
+        "summary": "Health from a cached snapshot (no I/O per request); details only with the token",
         "responses": {"200": _json(_ref("Health"), "ComfyUI answers"),
-                      "503": _json(_ref("Health"), "ComfyUI is down; `comfy.reason` says why")}}},
-    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
+                      "503": _json(_ref("Health"), "ComfyUI is down; `comfy.reason` says why"),
+                      "400": ERROR, "421": ERROR}}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
+                                                                        "400": ERROR, "421": ERROR}}},
     "/run": {"post": {
         "summary": "Run a workflow: waits for the result, or answers 202 at once with `async: true`",
         "requestBody": {"required": True, "content": {"application/json": {
@@ -135,7 +150,7 @@ PATHS = {
                       "202": _json({"type": "object", "required": ["job_id"],
                                     "properties": {"job_id": {"type": "string"}, "state": {"type": "string"}}},
                                    "Accepted; poll /jobs/{job_id}"),
-                      **_ERRORS, "409": ERROR, "422": ERROR, "502": ERROR, "503": ERROR, "504": ERROR, "507": ERROR}}},
+                      **_BODY_ERRORS, "403": ERROR, "409": ERROR, "422": ERROR, "502": ERROR, "503": ERROR, "504": ERROR, "507": ERROR}}},
     "/jobs": {"get": {
         "summary": "Recent jobs and counts by state",
         "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
@@ -155,7 +170,7 @@ PATHS = {
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("DownloadRequest")}}},
         "responses": {"202": _json({"type": "object", "required": ["download_id", "state"],
                                     "properties": {"download_id": {"type": "string"}, "state": {"type": "string"}}},
-                                   "Queued; poll /downloads/{download_id}"), **_ERRORS}}},
+                                   "Queued; poll /downloads/{download_id}"), **_BODY_ERRORS}}},
     "/downloads": {"get": {
         "summary": "Recent downloads",
         "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
@@ -168,7 +183,7 @@ PATHS = {
                 "responses": {"200": _json(_ref("Download"), "The download"), **_ERRORS}}},
     "/models/ls": {"get": {
         "summary": "Every model ComfyUI can load, by type, with size and sha256 where known",
-        "parameters": [{"name": "type", "in": "query", "schema": {"type": "string"}}],
+        "parameters": [{"name": "type", "in": "query", "schema": {"enum": list(ALL_TYPES)}}],
         "responses": {"200": _json({"type": "object", "required": ["models"],
                                     "properties": {"models": {"type": "object", "additionalProperties": {
                                         "type": "array", "items": _ref("Model")}}}}, "Models"), **_ERRORS}}},

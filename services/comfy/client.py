@@ -63,6 +63,8 @@ class ComfyClient:
         self._session: aiohttp.ClientSession | None = None
         self._reader: asyncio.Task | None = None
         self._connected = asyncio.Event()
+        self._epoch = 0  # bumped when the websocket connects or drops: ComfyUI may have restarted
+        self._object_info: tuple[int, dict] | None = None
         self._waiters: dict[str, asyncio.Queue] = {}
         self._orphans: OrderedDict[str, list[dict]] = OrderedDict()
 
@@ -121,6 +123,20 @@ class ComfyClient:
     async def object_info(self, node_class: str | None = None) -> dict:
         return await self._checked("GET", "/object_info" + (f"/{node_class}" if node_class else ""))
 
+    async def object_info_once(self) -> dict:
+        """The full /object_info, fetched once per ComfyUI start (it is large, and ComfyUI lists
+        folders to build it). A restart drops the websocket, so the copy is trusted only while the
+        same connection stays up; without one it is fetched every time."""
+        self._ensure_reader()
+        await at_most(2.0, self._connected.wait())
+        epoch = self._epoch
+        if self._object_info is not None and self._object_info[0] == epoch and self._connected.is_set():
+            return self._object_info[1]
+        info = await self.object_info()
+        if self._connected.is_set() and self._epoch == epoch:
+            self._object_info = (epoch, info)
+        return info
+
     async def queue(self) -> dict:
         return await self._checked("GET", "/queue")
 
@@ -178,6 +194,7 @@ class ComfyClient:
             try:
                 async with self._http().ws_connect(url, heartbeat=20, max_msg_size=0) as ws:
                     delay = 0.05
+                    self._epoch += 1
                     self._connected.set()
                     self._broadcast(_CONNECTED)
                     async for frame in ws:
@@ -191,6 +208,7 @@ class ComfyClient:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 log.debug("ws_connect_failed", error=type(exc).__name__)
             if self._connected.is_set():
+                self._epoch += 1
                 self._connected.clear()
                 self._broadcast(_DISCONNECTED)
             await asyncio.sleep(delay)

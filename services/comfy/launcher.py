@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
-from services import logs
+from services import logs, secret_env
 from services.errors import AppError
 from services.gpu import device
 from services.model_types import ALIASES, CANONICAL
@@ -89,6 +89,16 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
+
+
+# What ComfyUI writes (outputs, previews, its user folder) belongs to jobs: this user's only.
+CHILD_UMASK = 0o077
+
+
+def child_env() -> dict[str, str]:
+    """ComfyUI's environment: no secret, since its custom nodes are third-party code
+    (services/secret_env.py), and unbuffered output for the log."""
+    return {**secret_env.env_for("comfyui", os.environ), "PYTHONUNBUFFERED": "1"}
 
 
 class ComfyLauncher:
@@ -187,10 +197,9 @@ class ComfyLauncher:
             self._to(State.STARTING)
         argv = self.prepare()
         self._tail.clear()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             self._proc = subprocess.Popen(
-                argv, cwd=self.comfy_home, env=env, stdin=subprocess.DEVNULL,
+                argv, cwd=self.comfy_home, env=child_env(), stdin=subprocess.DEVNULL, umask=CHILD_UMASK,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             raise self._fail("exited", f"could not execute {self.python}: {exc.strerror}") from None

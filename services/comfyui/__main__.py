@@ -14,7 +14,7 @@ import sys
 import time
 
 from services import config, logs
-from services.comfy.launcher import ComfyLauncher
+from services.comfy.launcher import CHILD_UMASK, ComfyLauncher, child_env
 from services.errors import AppError
 from services.pod import restarts, start_failure
 from services.pod import runtime as runtime_file
@@ -53,8 +53,9 @@ def main() -> None:
     log.info("comfy_exec", runtime=runtime.label, comfy_home=str(runtime.comfy_home), args=argv[3:])
     sys.stdout.flush()
     os.chdir(runtime.comfy_home)
-    os.environ["PYTHONUNBUFFERED"] = "1"
-    os.execv(argv[0], argv)
+    os.umask(CHILD_UMASK)
+    # Exec'd with no secret (custom nodes run in there), even if this program was given some.
+    os.execve(argv[0], argv, child_env())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ import hashlib
 import mimetypes
 from typing import Any, Protocol
 
+from services import logs
 from services.comfy.history import OutputFile, PromptOutcome
+from services.jobs.file_inputs import JOBS_FOLDER
+
+log = logs.get("jobs.delivery")
 
 
 class Delivery(Protocol):
@@ -30,10 +34,20 @@ def content_type_of(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
+def is_own_output(output: OutputFile, job_id: str) -> bool:
+    """A file the job's own save nodes wrote (services/jobs/workflow.py gives them `jobs/<job_id>/`).
+    Whatever else a node reports (another job's file, an input) is never returned."""
+    own = f"{JOBS_FOLDER}/{job_id}"
+    return output.type == "output" and (output.subfolder == own or output.subfolder.startswith(own + "/"))
+
+
 async def deliver_outcome(comfy, outcome: PromptOutcome, delivery: Delivery, job_id: str,
                           request) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for output in outcome.files:
+        if not is_own_output(output, job_id):
+            log.warning("foreign_output_skipped", job_id=job_id, node_id=output.node_id, type=output.type)
+            continue
         data = await comfy.view(**output.view_params)
         content_type = content_type_of(output.filename)
         entry = _describe(output, data, content_type)

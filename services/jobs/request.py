@@ -3,19 +3,25 @@
 The payload is the seeds' (`version_id`, `workflow` | `workflow_url`, `output_mode`,
 `gcs_bucket`, `gcs_prefix`, `models_dir`, `verbose`) plus `images` (input files uploaded to
 ComfyUI before the run) and `timeout`. Every mistake is an `AppError` naming the field, raised
-before ComfyUI sees anything.
+before ComfyUI sees anything; no input may end as a 5xx later (too deep, NaN, a 400-digit
+number, a name with a trailing newline, a bucket name the GCS library refuses). Names are
+matched as whole strings (`fullmatch`: `$` also matches before a final newline).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from services import jsonlimits
 from services.errors import AppError
+from services.outputs import gcs_names
 from services.versions.spec import check_version_id
 
 OUTPUT_MODES = ("gcs", "base64")
-_IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,199}$")
+_IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,8 @@ class InputImage:
 @dataclass(frozen=True)
 class JobRequest:
     version_id: str
-    workflow: Any            # object or JSON string, None when workflow_url or the spec's default is used
+    workflow: Any            # decoded JSON (a string workflow is decoded here), None when
+                             # workflow_url or the spec's default is used
     workflow_url: str | None
     output_mode: str
     gcs_bucket: str
@@ -61,6 +68,66 @@ def _bool(payload: dict, field: str) -> bool:
     raise _bad(field, f"{field} must be true or false")
 
 
+def is_http_url(value: str) -> bool:
+    """An http(s) URL that parses (urlsplit raises on `http://[::1`, port on `:x`): what
+    aiohttp can be handed without a ValueError. Where it may point is the fetcher's policy."""
+    if not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _timeout(payload: dict, settings) -> float:
+    value = payload.get("timeout", settings.job_timeout)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad("timeout", "timeout must be a positive number of seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:  # a 400-digit integer
+        raise _bad("timeout", "timeout is far too large") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _bad("timeout", "timeout must be a positive number of seconds")
+    # A job may ask for less time than the worker allows, never more.
+    return min(seconds, settings.job_timeout)
+
+
+def _workflow(payload: dict) -> Any:
+    workflow = payload.get("workflow")
+    if isinstance(workflow, str):
+        # Decoded here, under the same depth and number limits as the payload itself.
+        try:
+            return jsonlimits.loads(workflow, "workflow")
+        except ValueError as exc:
+            raise AppError("invalid_workflow", f"workflow string is not JSON: {exc}"[:300], suffix="not_json") from None
+    if workflow is not None and not isinstance(workflow, dict):
+        raise AppError("invalid_workflow", "workflow must be a JSON object or a JSON string", suffix="not_object")
+    return workflow
+
+
+def _gcs_target(payload: dict, settings, output_mode: str) -> tuple[str, str]:
+    bucket = _optional_str(payload, "gcs_bucket")
+    if bucket is not None and bucket != "":
+        problem = gcs_names.bucket_problem(bucket)
+        if problem:
+            raise _bad("gcs_bucket", problem)
+    bucket = bucket or settings.gcs_bucket
+    if output_mode == "gcs":
+        if not bucket:
+            raise AppError("gcs_bucket_required", "output_mode gcs needs gcs_bucket or GCS_BUCKET")
+        if settings.gcs_allowed_buckets and bucket not in settings.gcs_allowed_buckets:
+            raise AppError("gcs_bucket_not_allowed", "this worker uploads only to the buckets in GCS_ALLOWED_BUCKETS",
+                           suffix=bucket)
+    prefix = (_optional_str(payload, "gcs_prefix") or settings.gcs_prefix).strip("/")
+    problem = gcs_names.prefix_problem(prefix)
+    if problem:
+        raise _bad("gcs_prefix", problem)
+    return bucket, prefix
+
+
 def parse_images(value: Any) -> tuple[InputImage, ...]:
     if value is None:
         return ()
@@ -71,15 +138,17 @@ def parse_images(value: Any) -> tuple[InputImage, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise AppError("invalid_input_image", f"images[{index}] needs a string name", suffix=str(index))
         name = item["name"]
-        if not _IMAGE_NAME_RE.match(name) or ".." in name:
+        if not _IMAGE_NAME_RE.fullmatch(name) or ".." in name:
             raise AppError("invalid_input_image", "a name is a plain file name: letters, digits, "
                            "spaces and ._()+- (no '/', no '..')", suffix=str(index))
         if name in names:
             raise AppError("invalid_input_image", f"two images are named {name!r}", suffix=name)
         names.add(name)
         data, url = item.get("image"), item.get("url")
-        if (data is None) == (url is None) or not isinstance(data or url, str):
+        if (data is None) == (url is None) or not isinstance(data if url is None else url, str):
             raise AppError("invalid_input_image", "give exactly one of image (base64) or url", suffix=name)
+        if url is not None and not is_http_url(url):
+            raise AppError("invalid_input_image", "url must be an http:// or https:// URL", suffix=name)
         images.append(InputImage(name, data, url))
     return tuple(images)
 
@@ -87,6 +156,7 @@ def parse_images(value: Any) -> tuple[InputImage, ...]:
 def parse_request(payload: Any, settings) -> JobRequest:
     if not isinstance(payload, dict):
         raise _bad("input", "the payload must be a JSON object")
+    jsonlimits.check(payload)  # the Pod API checked its body already; RunPod's input arrives unchecked
     version_id = payload.get("version_id")
     if version_id in (None, ""):
         if not settings.default_version_id:
@@ -95,24 +165,18 @@ def parse_request(payload: Any, settings) -> JobRequest:
         version_id = settings.default_version_id
     version_id = check_version_id(version_id)
 
-    workflow = payload.get("workflow")
     workflow_url = _optional_str(payload, "workflow_url")
-    if workflow is not None and workflow_url is not None:
+    if payload.get("workflow") is not None and workflow_url is not None:
         raise AppError("workflow_conflict", "send either workflow or workflow_url, not both")
-    if workflow is not None and not isinstance(workflow, (dict, str)):
-        raise AppError("invalid_workflow", "workflow must be a JSON object or a JSON string",
-                       suffix="not_object")
+    if workflow_url is not None and not is_http_url(workflow_url):
+        raise AppError("workflow_url_invalid", "workflow_url must be an http:// or https:// URL")
+    workflow = _workflow(payload)
 
     output_mode = payload.get("output_mode") or settings.output_mode
     if output_mode not in OUTPUT_MODES:
         raise AppError("invalid_output_mode", f"output_mode must be one of {', '.join(OUTPUT_MODES)}")
-    gcs_bucket = _optional_str(payload, "gcs_bucket") or settings.gcs_bucket
-    if output_mode == "gcs" and not gcs_bucket:
-        raise AppError("gcs_bucket_required", "output_mode gcs needs gcs_bucket or GCS_BUCKET")
-
-    timeout = payload.get("timeout", settings.job_timeout)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise _bad("timeout", "timeout must be a positive number of seconds")
+    gcs_bucket, gcs_prefix = _gcs_target(payload, settings, output_mode)
+    timeout = _timeout(payload, settings)
 
     models_dir = _optional_str(payload, "models_dir")
     if models_dir is not None:
@@ -129,10 +193,9 @@ def parse_request(payload: Any, settings) -> JobRequest:
         workflow_url=workflow_url,
         output_mode=output_mode,
         gcs_bucket=gcs_bucket,
-        gcs_prefix=(_optional_str(payload, "gcs_prefix") or settings.gcs_prefix).strip("/"),
+        gcs_prefix=gcs_prefix,
         models_dir=models_dir,
         verbose=_bool(payload, "verbose"),
         images=parse_images(payload.get("images")),
-        # A job may ask for less time than the worker allows, never more.
-        timeout=min(float(timeout), settings.job_timeout),
+        timeout=timeout,
     )

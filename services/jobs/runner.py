@@ -1,15 +1,16 @@
 """The job runner: one job = version + workflow + output mode, from payload to delivered result.
 
-validate -> (dry run ends here) -> ComfyUI ready -> upload inputs -> submit -> wait (timeout,
-cancel) -> collect outputs -> deliver. Pod API, serverless handler and CLI all run jobs through
-this one class; what differs between them is the `ComfyProvider` (who owns ComfyUI) and the
-deliveries they configure.
+validate -> (dry run ends here) -> ComfyUI ready -> check file inputs -> upload inputs ->
+submit -> wait (timeout, cancel) -> collect outputs -> deliver -> remove the job's files. Pod API,
+serverless handler and CLI all run jobs through this one class; what differs between them is the
+`ComfyProvider` (who owns ComfyUI) and the deliveries they configure.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
+import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Protocol
@@ -21,8 +22,11 @@ from services.comfy.client import ComfyClient, ProgressCallback
 from services.errors import AppError
 from services.jobs.delivery import Base64Delivery, Delivery, deliver_outcome
 from services.jobs.fetch import FetchFailed, fetch_bytes
+from services.jobs.file_inputs import JOBS_FOLDER, FileInputs, check_file_inputs
+from services.jobs.job_files import JobFiles
 from services.jobs.request import InputImage, JobRequest, parse_request
 from services.jobs.workflow import fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
+from services.net.aio import guarded_session
 from services.outputs.gcs import GcsDelivery
 from services.versions.models import check_models
 from services.versions.spec import SpecStore, VersionSpec
@@ -30,6 +34,7 @@ from services.versions.spec import SpecStore, VersionSpec
 log = logs.get("jobs.runner")
 
 MAX_INPUT_IMAGE_BYTES = 64 * 2**20
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # a job id names the job's folders
 
 
 class ComfyProvider(Protocol):
@@ -86,11 +91,12 @@ class JobRunner:
         self.specs = specs
         self.provider = provider
         self.deliveries = deliveries or {"base64": Base64Delivery(), "gcs": GcsDelivery(settings)}
+        self.files = JobFiles.from_settings(settings)
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            self._http = guarded_session(self.settings)  # URL fetches obey the fetch policy (services/net)
         return self._http
 
     async def close(self) -> None:
@@ -126,6 +132,8 @@ class JobRunner:
         wait on it if ComfyUI still has it, else submit the job again."""
         watch = Stopwatch()
         job_id = job_id or uuid.uuid4().hex
+        if not _JOB_ID_RE.fullmatch(job_id):
+            raise AppError("invalid_payload", "job_id is 1-64 letters, digits, '.', '_' or '-'", suffix="job_id")
         request, spec, workflow = await self.prepare(payload)
         watch.lap("validate")
         if self.settings.dry_run:
@@ -153,12 +161,28 @@ class JobRunner:
                        on_submitted: Callable[[str], Awaitable[None] | None] | None,
                        resume_prompt_id: str | None) -> dict[str, Any]:
         prompt = isolate_outputs(workflow, job_id)
+        self.files.prepare(job_id)
+        try:
+            return await self._run_prompt(comfy, request, spec, prompt, job_id, watch, on_progress, on_submitted,
+                                          resume_prompt_id)
+        finally:
+            # Shielded: a cancelled job's files must go too.
+            await asyncio.shield(self.files.release(job_id))
+
+    async def _run_prompt(self, comfy: ComfyClient, request: JobRequest, spec: VersionSpec, prompt: dict[str, Any],
+                          job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
+                          on_submitted: Callable[[str], Awaitable[None] | None] | None,
+                          resume_prompt_id: str | None) -> dict[str, Any]:
         outcome = None
         if resume_prompt_id:
             prompt_id = resume_prompt_id
             outcome = await self._adopt(comfy, prompt_id, prompt, request.timeout, on_progress)
         if outcome is None:
+            # Before anything is uploaded or submitted: a job may only read its own files.
+            check_file_inputs(prompt, FileInputs.from_object_info(await comfy.object_info_once()),
+                              {image.name for image in request.images})
             rewrite_input_names(prompt, await self._upload_images(comfy, request.images, job_id))
+            await asyncio.to_thread(self.files.protect, job_id)
             prompt_id = await comfy.submit(prompt)
             watch.lap("submit")
             log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)
@@ -245,9 +269,9 @@ class JobRunner:
         renames: dict[str, str] = {}
         for image in images:
             data = await self._image_bytes(image)
-            answer = await comfy.upload_image(data, image.name, subfolder=f"jobs/{job_id}", overwrite=True)
+            answer = await comfy.upload_image(data, image.name, subfolder=f"{JOBS_FOLDER}/{job_id}", overwrite=True)
             stored = answer.get("name", image.name) if isinstance(answer, dict) else image.name
-            renames[image.name] = f"jobs/{job_id}/{stored}"
+            renames[image.name] = f"{JOBS_FOLDER}/{job_id}/{stored}"
         return renames
 
     async def _image_bytes(self, image: InputImage) -> bytes:

@@ -8,14 +8,15 @@ reject it with a less helpful message.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from typing import Any
 
 import aiohttp
 
+from services import jsonlimits
 from services.errors import AppError
 from services.jobs.fetch import FetchFailed, fetch_bytes
+from services.jobs.file_inputs import JOBS_FOLDER
 
 _PREFIX_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -23,7 +24,7 @@ _PREFIX_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def parse_workflow(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = jsonlimits.loads(value, "workflow")
         except ValueError as exc:
             raise AppError("invalid_workflow", f"workflow string is not JSON: {exc}", suffix="not_json") from None
     if not isinstance(value, dict):
@@ -52,7 +53,7 @@ async def fetch_workflow(url: str, *, max_bytes: int, timeout: float,
             raise AppError("workflow_url_invalid", "workflow_url must be an http:// or https:// URL") from None
         raise AppError("workflow_url_failed", f"workflow_url: {exc.detail}", suffix=exc.reason) from None
     try:
-        parsed = json.loads(body)
+        parsed = jsonlimits.loads(body, "workflow_url")
     except ValueError:
         raise AppError("workflow_url_failed", "workflow_url did not return JSON", suffix="not_json") from None
     return parse_workflow(parsed)
@@ -70,7 +71,7 @@ def isolate_outputs(workflow: dict[str, Any], job_id: str) -> dict[str, Any]:
         if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
             stem = inputs["filename_prefix"].replace("\\", "/").rsplit("/", 1)[-1]
             stem = _PREFIX_SAFE.sub("_", stem).strip("._") or "ComfyUI"
-            inputs["filename_prefix"] = f"jobs/{job_id}/{stem}"
+            inputs["filename_prefix"] = f"{JOBS_FOLDER}/{job_id}/{stem}"
     return prepared
 
 

@@ -26,7 +26,8 @@ from services.model_types import canonical
 
 # The same rule as versions/schema.json's model name (a test keeps them equal): an allowlist,
 # so `/`, `\`, NUL, `..` as a name and hidden names are refused, while `a..b.safetensors` is fine.
-FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]*$")
+# `$(?!\n)`: Python's `$` also matches before a final newline, so `m.safetensors\n` would pass.
+FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+()-]*$(?!\n)")
 MAX_NAME = 255
 INDEX_NAME = ".index.json"
 QUARANTINE = ".quarantine"
@@ -109,6 +110,12 @@ class Target:
 
     def quarantine_path(self, sha256: str) -> Path:
         return self.root / QUARANTINE / self.type / f"{self.name}.{sha256[:12]}"
+
+
+def model_exists(target: Target) -> AppError:
+    """A `/download` would replace another file at the target (services/models/intake.py)."""
+    return AppError("model_exists", f"a different file is already at {target.type}/{target.name}; "
+                    "send \"replace\": true to replace it", suffix=f"{target.type}/{target.name}")
 
 
 def split_litter(filename: str) -> tuple[str, str, str] | None:

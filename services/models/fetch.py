@@ -8,7 +8,9 @@
 4. Download into this process's own partial, adopting a dead process's partial to resume.
 5. Check size and sha256, fsync, rename into place, fsync the folder, record in the index.
 
-A wrong file is moved to quarantine: nothing unverified ever sits at the final path.
+A wrong file is moved to quarantine: nothing unverified ever sits at the final path. A version's
+model is authoritative, so a wrong file at its path is replaced; a `/download` replaces a
+different file only when it was asked to (`replace=False` raises `model_exists` instead).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from services import logs
 from services.errors import AppError
 from services.models import downloader, locks, sources
-from services.models.cache import Target
+from services.models.cache import Target, model_exists
 from services.models.downloader import Progress
 from services.models.index import HashIndex
 from services.models.integrity import FileCheck, check_file
@@ -42,7 +44,7 @@ def _keep_going(done: int, total: int | None) -> bool:
 
 def ensure_model(target: Target, url: str, *, size: int | None, sha256: str | None, settings,
                  index: HashIndex, owner: str, on_progress: Progress = _keep_going,
-                 stop: threading.Event | None = None) -> Fetched:
+                 stop: threading.Event | None = None, replace: bool = True) -> Fetched:
     """The target, present and verified; raises AppError (or downloader.Stopped)."""
     stop = stop or threading.Event()
     source = sources.open_source(url, settings)
@@ -57,6 +59,8 @@ def ensure_model(target: Target, url: str, *, size: int | None, sha256: str | No
             if found.ok:
                 return Fetched(target.path, found.size, found.sha256, "present")
             if found.status != "missing":
+                if not replace:
+                    raise model_exists(target)
                 _quarantine(target, target.path, found)
             shared = _share(index, target, sha256)
             if shared:

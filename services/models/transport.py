@@ -11,8 +11,11 @@ import requests
 import urllib3.exceptions
 
 from services.errors import AppError
-from services.models.sources import (CONNECT_TIMEOUT, CONTENT_RANGE, MAX_REDIRECTS, RangeNotSatisfiable, Transient,
-                                     public_url, token_for)
+from services.models.sources import (CONNECT_TIMEOUT, CONTENT_RANGE, RangeNotSatisfiable, Transient, public_url,
+                                     token_for)
+from services.net.pinned import pinned_session
+from services.net.policy import MAX_REDIRECTS, FetchPolicy
+from services.net.target import Target
 
 
 class HttpBody:
@@ -41,33 +44,38 @@ class HttpBody:
 
 
 class HttpSource:
-    def __init__(self, url: str, tokens: Mapping[str, str], read_timeout: float):
+    """An http(s) URL under the fetch policy (services/net): every hop is parsed once into a
+    Target, which decides the token and is what the request is built from, and connections go
+    to the addresses the policy checked. A refused hop raises AppError `url_forbidden:<why>`."""
+
+    def __init__(self, url: str, tokens: Mapping[str, str], read_timeout: float, policy: FetchPolicy):
         self.url = url
         self.public = public_url(url)
         self._tokens = dict(tokens)
         self._timeout = (CONNECT_TIMEOUT, read_timeout)
+        self._policy = policy
+        self._origin = policy.target(url)  # refuses a forbidden URL before anything is opened
         self._local = threading.local()  # a Session per thread: segments run on several
         # Where the redirects led last time: the pieces of a segmented download skip the hops.
-        self._resolved: str | None = None
+        self._resolved: Target | None = None
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
-            session.trust_env = False
+            session = self._local.session = pinned_session(self._policy)
         return session
 
     def open(self, start: int, end: int | None = None) -> HttpBody:
         headers = {"Accept-Encoding": "identity",
                    "Range": f"bytes={start}-{'' if end is None else end - 1}"}
-        url = self._resolved or self.url
+        target = self._resolved or self._origin
         for _ in range(MAX_REDIRECTS + 1):
             hop = dict(headers)
-            token = token_for(url, self._tokens)
+            token = token_for(target, self._tokens)
             if token:
                 hop["Authorization"] = f"Bearer {token}"
             try:
-                response = self._session().get(url, headers=hop, stream=True, allow_redirects=False,
+                response = self._session().get(target.url, headers=hop, stream=True, allow_redirects=False,
                                                timeout=self._timeout)
             except requests.Timeout:
                 raise Transient("timeout") from None
@@ -76,23 +84,25 @@ class HttpSource:
             if not response.is_redirect:
                 break
             response.close()
-            url = urljoin(url, response.headers["location"])
-            if urlsplit(url).scheme not in ("http", "https"):
+            location = urljoin(target.url, response.headers["location"])
+            scheme = urlsplit(location).scheme
+            if scheme not in ("http", "https"):
                 raise AppError("unsupported_scheme", f"{self.public} redirects to a non-http URL",
-                               suffix=urlsplit(url).scheme[:16] or "none")
+                               suffix=scheme[:16] or "none")
+            target = self._policy.target(location)
         else:
             raise AppError("download_failed", f"{self.public} redirects more than {MAX_REDIRECTS} times",
                            suffix="redirects")
-        return self._body(response, url, start)
+        return self._body(response, target, start)
 
-    def _body(self, response: requests.Response, url: str, start: int) -> HttpBody:
+    def _body(self, response: requests.Response, target: Target, start: int) -> HttpBody:
         status = response.status_code
         if status in (200, 206):
-            self._resolved = url if url != self.url else None
+            self._resolved = target if target != self._origin else None
         else:
             response.close()
         if status == 206:
-            match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            match = CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
             if not match or int(match[1]) != start:
                 response.close()
                 raise AppError("download_failed", f"{self.public} answered a range other than the one asked",

@@ -28,6 +28,7 @@ from services.models.fetch import ensure_model
 from services.models.index import HashIndex
 from services.models.intake import validate_download
 from services.models.verify import targets_of, verify_models
+from services.net.policy import FetchPolicy
 from services.store.db import Database
 from services.store.downloads import Download, DownloadStore
 from services.versions.spec import ModelSpec, SpecStore
@@ -87,11 +88,13 @@ class ModelSync:
 
     def _work(self, row: Download) -> None:
         try:
-            request = validate_download(row.url, row.type, row.filename, row.sha256, row.size)
+            request = validate_download(row.url, row.type, row.filename, row.sha256, row.size,
+                                        FetchPolicy.from_settings(self.settings))
             target = Target.of(download_root(self.settings), request.type, request.filename)
             got = ensure_model(target, request.url, size=request.size, sha256=request.sha256,
                                settings=self.settings, index=self.index, owner=self.owner,
-                               on_progress=self._progress(target, row.id), stop=self.stop)
+                               on_progress=self._progress(target, row.id), stop=self.stop,
+                               replace=bool(row.replace_existing))
         except Stopped:
             log.info("download_paused", download_id=row.id, stopping=self.stop.is_set())
             return

@@ -94,6 +94,11 @@ class GcsDelivery:
                            suffix="forbidden") from None
         except gexc.GoogleAPICallError as exc:
             raise AppError("gcs_upload_failed", f"GCS answered HTTP {exc.code}", suffix=str(exc.code)) from None
+        except ValueError as exc:
+            # The library's own checks (bucket and object names) raise a bare ValueError.
+            # services/jobs/request.py applies stricter rules first (gcs_names.py): a backstop.
+            raise AppError("gcs_upload_failed", f"google-cloud-storage refused it: {exc}"[:200],
+                           suffix="rejected") from None
         result = {"gcs_url": f"gs://{bucket_name}/{object_name}"}
         if self.settings.gcs_public:
             result["public_url"] = blob.public_url

@@ -1,10 +1,13 @@
 """`python -m services.pod`: start Pod mode (LAUNCH_MODE=api) under supervisord.
 
-Validates the settings first (a wrong value stops here with one line), installs the version
-ComfyUI will run when it is missing (locally or with AUTO_INSTALL_VERSIONS=1: see
-services/pod/first_run.py; a failure stops here with one line too), creates the folders,
-exports the values etc/supervisord.conf expands (`%(ENV_...)s`), then execs supervisord in the
-foreground, so in the container it is PID 1's direct child (or PID 1) and reaps zombies.
+Validates the settings first (a wrong value, or a public API_HOST without API_TOKEN, stops
+here with one line), installs the version ComfyUI will run when it is missing (locally or with
+AUTO_INSTALL_VERSIONS=1: see services/pod/first_run.py; a failure stops here with one line
+too), creates the folders, exports the values etc/supervisord.conf expands (`%(ENV_...)s`),
+then execs supervisord in the foreground, so in the container it is PID 1's direct child (or
+PID 1) and reaps zombies.
+supervisord gets no secret: they go to a 0600 file that only the programs granted them read
+(services/pod/grant.py, services/secret_env.py).
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from services import config, logs
+from services import config, logs, secret_env
+from services.api.exposure import check_bind_or_exit
 from services.errors import AppError
-from services.pod import first_run, start_failure
+from services.pod import first_run, grant, start_failure
 
 DEFAULT_CONF = config.REPO_ROOT / "etc" / "supervisord.conf"
 
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONF, help="supervisord config file")
     args = parser.parse_args(argv)
     settings = config.load_or_exit()
+    check_bind_or_exit(settings)  # before the install: a refused start should not take minutes
     logs.configure_from(settings)
     try:
         first_run.ensure_installed(settings)
@@ -40,10 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # the installer has removed its half-built tree on the way out
         print("error: interrupted before supervisord started", file=sys.stderr)
         sys.exit(130)
-    for folder in (settings.log_dir, settings.run_dir, settings.data_root, args.config.parent.parent / ".run"):
+    private = args.config.parent.parent / ".run"  # beside supervisord's socket, off the volume
+    for folder in (settings.log_dir, settings.run_dir, settings.data_root, private):
         folder.mkdir(parents=True, exist_ok=True)
     start_failure.clear(settings.run_dir)  # a reason left by an earlier boot says nothing about this one
-    env = {**os.environ, **supervisor_env(settings), "LAUNCH_MODE": "api"}
+    secrets_file = private / "secrets.json"
+    grant.write(secrets_file, os.environ)
+    env = {**secret_env.env_for("supervisord", os.environ), **supervisor_env(settings), "LAUNCH_MODE": "api",
+           grant.FILE_ENV: str(secrets_file)}
     os.execve(sys.executable, [sys.executable, "-m", "supervisor.supervisord", "-c", str(args.config)], env)
 
 

@@ -7,8 +7,8 @@ The runpod SDK is imported here only (it costs about 2 s): the Pod API never pay
 from __future__ import annotations
 
 import asyncio
-import atexit
 import os
+import signal
 
 from services import config, logs
 from services.serverless.worker import Worker
@@ -18,9 +18,21 @@ def main() -> None:
     settings = config.load_or_exit()
     logs.configure_from(settings)
     worker = Worker(settings)
-    worker.warm_up()  # ComfyUI starts while the SDK below is still importing
-    atexit.register(worker.shutdown)
+    # SIGTERM (RunPod through tini, tests) would kill the process outright and leave its ComfyUI
+    # child, in a session of its own, running: exit through the `finally` below instead. The
+    # SDK's production loop and its local API (uvicorn) take SIGTERM over while they run; the
+    # loop then returns, and uvicorn raises the signal again here once it has stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        worker.warm_up()  # ComfyUI starts while the SDK below is still importing
+        _serve(worker, settings)
+    finally:
+        # Here, not at exit (atexit): once the interpreter winds down no thread can be started,
+        # and stopping ComfyUI needs one.
+        worker.shutdown()
 
+
+def _serve(worker: Worker, settings) -> None:
     # The SDK reads its level from the environment at import; DEBUG would log job outputs.
     os.environ["RUNPOD_DEBUG_LEVEL"] = settings.runpod_debug_level.upper()
     import runpod
@@ -37,6 +49,10 @@ def main() -> None:
             raise
 
     runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

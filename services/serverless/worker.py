@@ -24,13 +24,14 @@ from services.comfy.launcher import json_line_sink
 from services.errors import AppError
 from services.gpu import state as gpu_state
 from services.jobs.runner import JobRunner
-from services.security.envelope import open_payload
+from services.security.envelope import OpenedPayload, open_payload
+from services.security.replay import ReplayCache
 from services.versions.spec import SpecStore
 from services.versions.switch import VersionedComfy
 
 log = logs.get("serverless")
 
-_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BROKEN = ("comfy_crashed", "comfy_init_failed", "comfy_unreachable")
 FAILURES_BEFORE_REFRESH = 2
 PROGRESS_EVERY_SECONDS = 1.0
@@ -45,6 +46,7 @@ class Worker:
         threading.Thread(target=self.loop.run_forever, name="appliance-loop", daemon=True).start()
         self.provider = VersionedComfy(settings, line_sink=None if settings.log_silent else json_line_sink())
         self.runner = JobRunner(settings, self.specs, self.provider)
+        self.replays = ReplayCache(settings.envelope_max_age)
         self.broken_in_a_row = 0
 
     def submit(self, coro: Coroutine) -> concurrent.futures.Future:
@@ -87,22 +89,25 @@ class Worker:
     # ---- one job --------------------------------------------------------------------------
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         """RunPod job -> result dict, never an exception (RunPod would ship its traceback)."""
-        job_id = job.get("id") if isinstance(job.get("id"), str) and _JOB_ID_RE.match(job["id"]) else uuid.uuid4().hex
+        job_id = job.get("id") if isinstance(job.get("id"), str) and _JOB_ID_RE.fullmatch(job["id"]) else uuid.uuid4().hex
+        opened = OpenedPayload(None, None)  # until the envelope is open, errors carry no payload
         try:
             opened = open_payload(job.get("input"), self.settings)
+            self.replays.accept(opened)
             result = await self.runner.run(opened.payload, job_id=job_id, on_progress=self._progress(job))
         except AppError as exc:
-            return self._failure(exc)
+            return self._failure(exc, opened)
         except Exception as exc:  # a bug must still answer with a code, and keep the worker
             log.error("handler_bug", exc_info=True, job_id=job_id)
             return {"error": f"internal_error: {type(exc).__name__}"}
         self.broken_in_a_row = 0
         return opened.reply(result)
 
-    def _failure(self, exc: AppError) -> dict[str, Any]:
+    def _failure(self, exc: AppError, opened: OpenedPayload) -> dict[str, Any]:
         # RunPod keeps only `error` of a failed job: code and detail travel in that one string;
-        # the rest (node_errors, detail) stays in `output` for the workers that read it.
-        answer = {**exc.as_dict(), "error": exc.one_line()}
+        # the rest (node_errors, detail) stays in `output` for the workers that read it. For an
+        # encrypted job the string is the bare code and everything else is sealed in `output`.
+        answer = opened.error(exc) if opened.encrypted else {**exc.as_dict(), "error": exc.one_line()}
         if exc.prefix in _BROKEN:
             self.broken_in_a_row += 1
             gpu = gpu_state.probe(self.settings.nvidia_smi, self.settings.gpu_probe_timeout, [])

@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS comfy_leases (
     count INTEGER NOT NULL,
     heartbeat_at REAL NOT NULL
 );
+-- Encrypted payloads accepted by /run: a replay of the same envelope is refused (services/security/replay.py).
+CREATE TABLE IF NOT EXISTS envelopes (
+    key TEXT PRIMARY KEY,             -- sha256(epk + nonce), hex (services/security/envelope.py)
+    job_id TEXT NOT NULL,             -- the job it created: a retry naming that job_id gets it back
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS envelopes_seen ON envelopes(seen_at);
 INSERT OR IGNORE INTO comfy_state (id) VALUES (1);
 """
 

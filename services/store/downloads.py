@@ -3,7 +3,8 @@
 A row moves queued -> running -> done | failed | cancelled. Progress (`bytes_done`,
 `bytes_total`) is written by the worker as the bytes arrive; a worker killed mid-file leaves
 its row `running` with a stale heartbeat, and the next worker re-claims it and resumes from
-the partial file.
+the partial file. `replace_existing` records the request's `"replace": true`: without it the
+worker refuses to replace a different file already at the target (`model_exists`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from services.net.target import public_url
 from services.store import leases
 from services.store.db import Database
 
@@ -36,11 +38,14 @@ class Download:
     attempts: int
     created_at: float
     updated_at: float
+    replace_existing: int = 0
 
     def public(self) -> dict[str, Any]:
-        """What GET /downloads/{id} shows (the URL without its query, which may hold a token)."""
-        return {"download_id": self.id, "state": self.state, "url": self.url.split("?", 1)[0],
+        """What GET /downloads/{id} shows: the URL without user:password, query (a signed URL's
+        credentials) or fragment."""
+        return {"download_id": self.id, "state": self.state, "url": public_url(self.url),
                 "type": self.type, "filename": self.filename, "sha256": self.sha256,
+                "replace": bool(self.replace_existing),
                 "bytes_done": self.bytes_done, "bytes_total": self.bytes_total, "path": self.path,
                 "error": self.error, "detail": self.detail, "attempts": self.attempts,
                 "created_at": self.created_at, "updated_at": self.updated_at}
@@ -53,9 +58,10 @@ def _row(row) -> Download:
 class DownloadStore:
     def __init__(self, db: Database):
         self.db = db
+        _add_replace_column(db)
 
     def enqueue(self, *, url: str, type: str, filename: str, sha256: str | None = None,
-                size: int | None = None) -> Download:
+                size: int | None = None, replace: bool = False) -> Download:
         """Queue a download; the same target already queued or running is joined, not repeated."""
         now = time.time()
         with self.db.write() as conn:
@@ -66,8 +72,8 @@ class DownloadStore:
                 return _row(existing)
             new_id = uuid.uuid4().hex
             conn.execute("INSERT INTO downloads (id, state, url, type, filename, sha256, size, bytes_total,"
-                         " created_at, updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (new_id, url, type, filename, sha256, size, size, now, now))
+                         " created_at, updated_at, replace_existing) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (new_id, url, type, filename, sha256, size, size, now, now, int(replace)))
             return _row(conn.execute("SELECT * FROM downloads WHERE id = ?", (new_id,)).fetchone())
 
     def get(self, download_id: str) -> Download | None:
@@ -109,3 +115,11 @@ class DownloadStore:
         for row in leases.exhausted(self.db, "downloads", LEASE_SECONDS, MAX_ATTEMPTS):
             self._end(row["owner"], row["id"], "failed", error="download_failed:worker_died",
                       detail=f"the download worker died {row['attempts']} times on this file")
+
+
+def _add_replace_column(db: Database) -> None:
+    """Databases made before `replace` existed get its column (every process checks; one adds)."""
+    with db.write() as conn:
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(downloads)")}
+        if "replace_existing" not in columns:
+            conn.execute("ALTER TABLE downloads ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0")

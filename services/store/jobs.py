@@ -4,6 +4,10 @@ A row moves queued -> running -> succeeded | failed | cancelled. The payload is 
 received (an encrypted envelope stays encrypted at rest) so that a job whose worker died can be
 run again by another one; its `prompt_id`, once known, lets the new worker resume waiting on
 the prompt ComfyUI is still running instead of submitting it twice.
+
+Nothing of an encrypted payload is stored in clear: its result is the sealed reply, and when it
+fails only the error code's prefix is readable; `detail` stays empty and `result` holds the
+sealed error (code, detail, node_errors), which its requester opens like any sealed reply.
 """
 from __future__ import annotations
 
@@ -116,8 +120,11 @@ class JobStore:
     def finish(self, owner: str, job_id: str, result: Any) -> bool:
         return self._end(owner, job_id, "succeeded", result=json.dumps(result), progress=100.0)
 
-    def fail(self, owner: str, job_id: str, error: str, detail: str, state: str = "failed") -> bool:
-        return self._end(owner, job_id, state, error=error, detail=detail)
+    def fail(self, owner: str, job_id: str, error: str, detail: str | None, state: str = "failed",
+             sealed: dict[str, Any] | None = None) -> bool:
+        """`sealed`: the sealed error of an encrypted job; then `error` is the bare code prefix."""
+        fields = {"result": json.dumps(sealed)} if sealed is not None else {}
+        return self._end(owner, job_id, state, error=error, detail=detail, **fields)
 
     def _end(self, owner: str, job_id: str, state: str, **fields) -> bool:
         return leases.end(self.db, "jobs", owner, job_id, state, finished_at=time.time(), **fields)

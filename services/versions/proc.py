@@ -3,7 +3,8 @@
 An installer killed with SIGKILL cannot stop its children, and an orphaned pip would go on
 writing into a build folder the next installer is deleting. PR_SET_PDEATHSIG makes the kernel
 kill each child when the installer dies. Credentials in URLs (`https://user:token@host`) are
-masked before any tool output reaches an error detail or a log.
+masked before any tool output reaches an error detail or a log. The tools run without the
+appliance's secrets: pip executes the build code of whatever a version requires.
 
 `run` captures a quick tool's output; `stream` hands a long one's lines (pip installing torch
 for minutes) to a callback as they come, so the user sees what it is doing.
@@ -18,6 +19,8 @@ import signal
 import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
+
+from services import secret_env
 
 _PR_SET_PDEATHSIG = 1
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
@@ -34,6 +37,10 @@ except (OSError, AttributeError):  # not Linux: children may outlive a killed in
 def _die_with_parent() -> None:
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _tool_env() -> dict[str, str]:
+    return secret_env.env_for("installer", os.environ)
 
 
 def mask(text: str) -> str:
@@ -53,7 +60,7 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, st
         timeout: float | None = None) -> str:
     """Run a tool to completion and return its stdout; raise ToolFailed with its last words."""
     try:
-        done = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**os.environ, **(env or {})},
+        done = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**_tool_env(), **(env or {})},
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                               preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
@@ -73,7 +80,7 @@ def stream(cmd: Sequence[str | Path], on_line: Callable[[str], None]) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=40)
     try:
         child = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                 stderr=subprocess.STDOUT, env=_tool_env(), preexec_fn=_die_with_parent)
     except OSError as exc:
         raise ToolFailed(-1, f"cannot run {cmd[0]}: {exc.strerror}") from None
     with child:

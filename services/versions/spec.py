@@ -2,7 +2,7 @@
 
 A spec is loaded on every job, so parsed specs are cached by (path, mtime_ns, size): an
 unchanged file costs one stat(). The id check runs before any path is built, so an id can
-never name a file outside the versions folder.
+never name a file outside the versions folder, nor the schema that sits beside the specs.
 """
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ import jsonschema
 
 from services.errors import AppError
 
-# Same rule as the schema's $defs.version_id: no '/', no '..', no leading dot.
-VERSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+# Same rule as the schema's $defs.version_id: no '/', no '..', no leading dot. `\Z`, not `$`:
+# `$` also matches before a final newline, and callers use `.match` (a "demo\n" job_id once
+# reached a Location header and the client got no answer at all).
+VERSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\Z")
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "versions" / "schema.json"
+# Files in the versions folder that are not specs (compared case-insensitively: macOS).
+NOT_SPECS = frozenset({SCHEMA_PATH.stem})
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ def check_version_id(version_id: Any) -> str:
     if not isinstance(version_id, str) or not version_id:
         raise AppError("invalid_payload", "version_id must be a non-empty string", suffix="version_id")
     if len(version_id) > 64 or not VERSION_ID_RE.match(version_id):
+        shown = "".join(c for c in version_id[:64] if c.isprintable())  # it becomes part of the code
         raise AppError("invalid_version_id", "version ids are letters, digits, '.', '_' and '-' "
-                       "(no '/', no '..', at most 64 characters)", suffix=version_id[:64])
+                       "(no '/', no '..', at most 64 characters)", suffix=shown)
     return version_id
 
 
@@ -88,11 +93,14 @@ class SpecStore:
         if not self.versions_dir.is_dir():
             return []
         return sorted(p.stem for p in self.versions_dir.glob("*.json")
-                      if p.name != "schema.json" and VERSION_ID_RE.match(p.stem))
+                      if p.stem.lower() not in NOT_SPECS and VERSION_ID_RE.match(p.stem))
 
     def load(self, version_id: Any) -> VersionSpec:
         version_id = check_version_id(version_id)
         path = self.versions_dir / f"{version_id}.json"
+        if version_id.lower() in NOT_SPECS:
+            raise AppError("unknown_version", "schema.json is the specs' JSON Schema, not a version",
+                           suffix=version_id)
         try:
             st = path.stat()
         except FileNotFoundError:

@@ -79,14 +79,19 @@ def split_annotation(paths: Paths, name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def input_image_path(paths: Paths, name: str) -> str | None:
-    """The file a LoadImage `image` value names, or None if it is missing or escapes its folder."""
+def annotated_path(paths: Paths, name: str) -> str:
+    """The path a LoadImage `image` value names, built as ComfyUI's
+    `folder_paths.get_annotated_filepath` builds it: the suffix picks the folder (input when none)
+    and nothing keeps the name inside it: `../x`, an absolute path or any subfolder (another
+    job's uploads) all resolve. Isolating jobs is the caller's business (services/jobs/file_inputs.py)."""
     name, folder = split_annotation(paths, name)
-    folder = folder or paths.input
-    path = os.path.join(folder, name)
-    if not _inside(folder, path) or not os.path.isfile(path):
-        return None
-    return path
+    return os.path.join(folder or paths.input, name)
+
+
+def annotated_path_exists(paths: Paths, name: str) -> bool:
+    """`folder_paths.exists_annotated_filepath`: only whether the path exists (a folder counts;
+    a name with NUL does not: os.path.exists answers False)."""
+    return os.path.exists(annotated_path(paths, name))
 
 
 def file_digest(path: str) -> str:

@@ -54,8 +54,9 @@ class LoadImage(Node):
     name = "LoadImage"
     display_name = "Load Image"
     outputs = ("IMAGE", "MASK")
-    # ComfyUI checks the file itself instead of the list, so a name outside the list
-    # (or a path like ../../etc/passwd) fails as custom validation, not value_not_in_list.
+    # ComfyUI checks the path itself instead of the list, so a name outside the list fails as
+    # custom validation, not value_not_in_list; and like ComfyUI it only checks that the path
+    # exists: `jobs/<other>/x.png`, `x.png [output]`, `../x.png` or an absolute path all load.
     custom_validated = ("image",)
 
     @classmethod
@@ -64,17 +65,17 @@ class LoadImage(Node):
 
     @classmethod
     def validate(cls, paths, image):
-        if files.input_image_path(paths, image) is None:
+        if not files.annotated_path_exists(paths, image):
             return f"Invalid image file: {image}"
         return True
 
     @classmethod
     def fingerprint(cls, paths, image):
         # A new upload under the same name must not be served from the cache.
-        return files.file_digest(files.input_image_path(paths, image))
+        return files.file_digest(files.annotated_path(paths, image))
 
     def run(self, ctx, image):
-        with Image.open(files.input_image_path(ctx.paths, image)) as source:
+        with Image.open(files.annotated_path(ctx.paths, image)) as source:
             # MPO files hold a stereo pair, not an animation; ComfyUI keeps the first frame.
             frames = [source] if source.format == "MPO" else ImageSequence.Iterator(source)
             images, masks = ImageBatch(), MaskBatch()
