@@ -71,14 +71,17 @@ class Pod:
             except ValueError:
                 return err.code, raw.decode(errors="replace")
 
-    def wait_healthy(self, timeout: float = 60) -> dict:
+    def wait_healthy(self, timeout: float = 60, comfy_pid: int | None = None) -> dict:
+        """/healthz answers 200; with `comfy_pid`, from a snapshot taken after that ComfyUI started
+        (the snapshot is refreshed every second: one from before a kill still says ok)."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             try:
                 status, body = self.request("GET", "/healthz", timeout=2)
                 last = body
-                if status == 200:
+                seen = (body.get("programs", {}).get("comfyui") or {}).get("pid") if isinstance(body, dict) else None
+                if status == 200 and comfy_pid in (None, seen):
                     return body
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
