@@ -47,6 +47,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (charset UTF-8)."),
     Code("host_not_allowed", 421, "The `Host` header names no host this API serves (loopback, `API_ALLOWED_HOSTS`, the Pod's proxy name); 400 when it is missing or malformed."),
     Code("internal_error", 500, "A bug: the API met an unexpected error (logged by type, never returned)."),
+    Code("store_too_new", 500, "The state database (`STATE_DB`) has a newer schema version than this code knows (a newer appliance wrote it); it is refused, never downgraded: run that appliance version or point `STATE_DB` at another file."),
     # Encryption
     Code("encryption_required", 400, "Plaintext was sent while `ENCRYPTION_REQUIRED=1`; send the encrypted envelope."),
     Code("missing encrypted fields", 400, "The envelope lacks `epk`, `nonce` or `ciphertext`."),

@@ -225,11 +225,3 @@ def test_download_listings_show_no_credentials(tmp_path):
     with pytest.raises(AppError) as err:
         validate_download("https://user:pa55@mirror.example/m", "loras", "m.safetensors")
     assert err.value.code == "url_forbidden:userinfo"
-
-
-def test_a_database_from_before_replace_gets_the_column(tmp_path):
-    db = Database(tmp_path / "state.db")
-    assert "replace_existing" not in {r["name"] for r in db.read("PRAGMA table_info(downloads)")}
-    first, second = DownloadStore(db), DownloadStore(Database(tmp_path / "state.db"))  # the second finds it
-    assert first.enqueue(url=URL, type="vae", filename="v.pt").replace_existing == 0
-    assert [d.replace_existing for d in second.list()] == [0]

@@ -1,6 +1,7 @@
 """The appliance's SQLite database (WAL) on the volume, shared by the `api` and `modelsync`
 programs. Each thread gets its own connection; writers take `BEGIN IMMEDIATE` so two processes
-never interleave a read-modify-write, and a busy database is waited on, not failed.
+never interleave a read-modify-write, and a busy database is waited on, not failed. Its schema
+is versioned and migrated in place when it is opened (services/store/migrations.py).
 """
 from __future__ import annotations
 
@@ -10,69 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,              -- queued | running | succeeded | failed | cancelled
-    payload TEXT NOT NULL,            -- the request body as received (an envelope stays encrypted)
-    version_id TEXT,
-    prompt_id TEXT,
-    progress REAL NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    detail TEXT,
-    owner TEXT,                       -- worker that runs it; its heartbeat proves it is alive
-    heartbeat_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
-CREATE TABLE IF NOT EXISTS downloads (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,              -- queued | running | done | failed | cancelled
-    url TEXT NOT NULL,
-    type TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    sha256 TEXT,
-    size INTEGER,
-    bytes_done INTEGER NOT NULL DEFAULT 0,
-    bytes_total INTEGER,
-    path TEXT,
-    error TEXT,
-    detail TEXT,
-    owner TEXT,
-    heartbeat_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS downloads_state ON downloads(state, created_at);
--- Pod mode: which ComfyUI runtime (version) the `comfyui` program runs, and who may use it.
-CREATE TABLE IF NOT EXISTS comfy_state (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    runtime TEXT,                     -- label of the runtime ComfyUI runs (version id or comfy_home:<path>)
-    target TEXT,                      -- set while a worker switches ComfyUI to another runtime
-    switcher TEXT,
-    switch_heartbeat REAL
-);
-CREATE TABLE IF NOT EXISTS comfy_leases (
-    owner TEXT PRIMARY KEY,           -- one row per API worker: how many of its jobs use ComfyUI
-    runtime TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    heartbeat_at REAL NOT NULL
-);
--- Encrypted payloads accepted by /run: a replay of the same envelope is refused (services/security/replay.py).
-CREATE TABLE IF NOT EXISTS envelopes (
-    key TEXT PRIMARY KEY,             -- sha256(epk + nonce), hex (services/security/envelope.py)
-    job_id TEXT NOT NULL,             -- the job it created: a retry naming that job_id gets it back
-    seen_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS envelopes_seen ON envelopes(seen_at);
-INSERT OR IGNORE INTO comfy_state (id) VALUES (1);
-"""
+from services.store.migrations import migrate
 
 
 class Database:
@@ -80,8 +19,13 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        # executescript manages its own transaction; IF NOT EXISTS makes it safe to race.
-        self.connection().executescript(SCHEMA)
+        # Applies the missing migrations under BEGIN IMMEDIATE (safe to race); a newer database
+        # is refused with `store_too_new`. `migrated`: the versions this opening applied.
+        try:
+            self.migrated = migrate(self.connection(), self.path)
+        except BaseException:
+            self.close()
+            raise
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

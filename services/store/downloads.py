@@ -58,7 +58,6 @@ def _row(row) -> Download:
 class DownloadStore:
     def __init__(self, db: Database):
         self.db = db
-        _add_replace_column(db)
 
     def enqueue(self, *, url: str, type: str, filename: str, sha256: str | None = None,
                 size: int | None = None, replace: bool = False) -> Download:
@@ -115,11 +114,3 @@ class DownloadStore:
         for row in leases.exhausted(self.db, "downloads", LEASE_SECONDS, MAX_ATTEMPTS):
             self._end(row["owner"], row["id"], "failed", error="download_failed:worker_died",
                       detail=f"the download worker died {row['attempts']} times on this file")
-
-
-def _add_replace_column(db: Database) -> None:
-    """Databases made before `replace` existed get its column (every process checks; one adds)."""
-    with db.write() as conn:
-        columns = {row["name"] for row in conn.execute("PRAGMA table_info(downloads)")}
-        if "replace_existing" not in columns:
-            conn.execute("ALTER TABLE downloads ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0")
