@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
-from services import logs, secret_env
+from services import atomic_file, logs, secret_env
 from services.errors import AppError
 from services.gpu import device
 from services.model_types import ALIASES, CANONICAL
@@ -73,10 +73,7 @@ def write_extra_model_paths(path: Path, model_roots: Sequence[Path]) -> Path:
             section[folder] = "\n".join([folder, *legacy[folder]])
         sections[f"appliance_{len(seen)}"] = section
     # JSON is valid YAML, which spares the launcher a YAML dependency.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(sections, indent=2))
-    os.replace(tmp, path)
+    atomic_file.write_text(path, json.dumps(sections, indent=2))
     return path
 
 

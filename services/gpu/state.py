@@ -6,13 +6,13 @@ run nvidia-smi themselves.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from services import atomic_file
 from services.gpu import nvidia_smi
 
 FILENAME = "gpu.json"
@@ -50,10 +50,7 @@ def host_stats(disk_paths: list[Path]) -> dict[str, Any]:
 
 
 def write(run_dir: Path, snapshot: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{FILENAME}.{os.getpid()}"
-    tmp.write_text(json.dumps(snapshot))
-    os.replace(tmp, run_dir / FILENAME)
+    atomic_file.write_text(run_dir / FILENAME, json.dumps(snapshot))
 
 
 def read(run_dir: Path, max_age: float) -> dict[str, Any]:

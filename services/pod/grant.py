@@ -20,20 +20,14 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-from services import secret_env
+from services import atomic_file, secret_env
 
 FILE_ENV = "APPLIANCE_SECRETS_FILE"  # where the programs find the file (set by services.pod)
 
 
 def write(path: Path, environ: Mapping[str, str]) -> None:
     """Store the secrets of `environ` at `path` (mode 0600, replaced atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)  # O_EXCL below: a file left by someone else never keeps its mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(secret_env.secrets_in(environ), out)
-    os.replace(tmp, path)
+    atomic_file.write_text(path, json.dumps(secret_env.secrets_in(environ)), mode=0o600)
 
 
 def granted(program: str, path: Path) -> dict[str, str]:

@@ -9,9 +9,9 @@ may), rather than quietly running whatever sits at the COMFY_HOME default path.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from services import atomic_file
 from services.errors import AppError
 from services.versions.install import state
 from services.versions.spec import SpecStore, VersionSpec
@@ -21,12 +21,9 @@ FILENAME = "comfy-runtime.json"
 
 
 def write_wanted(run_dir: Path, runtime: Runtime) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{FILENAME}.{os.getpid()}"
-    tmp.write_text(json.dumps({"label": runtime.label, "comfy_home": str(runtime.comfy_home),
-                               "python": str(runtime.python), "args": list(runtime.args),
-                               "versioned": runtime.versioned}))
-    os.replace(tmp, run_dir / FILENAME)
+    atomic_file.write_text(run_dir / FILENAME, json.dumps({
+        "label": runtime.label, "comfy_home": str(runtime.comfy_home), "python": str(runtime.python),
+        "args": list(runtime.args), "versioned": runtime.versioned}))
 
 
 def wanted(settings) -> Runtime:

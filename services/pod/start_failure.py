@@ -8,17 +8,16 @@ it, and the volume's database needs no new column.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from services import atomic_file
 
 FILENAME = "comfy-start-failure.txt"
 
 
 def record(run_dir: Path, reason: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{FILENAME}.{os.getpid()}"
-    tmp.write_text(" ".join(reason.split()))  # one line, whatever a tool's output put in the detail
-    os.replace(tmp, run_dir / FILENAME)
+    # One line, whatever a tool's output put in the detail.
+    atomic_file.write_text(run_dir / FILENAME, " ".join(reason.split()))
 
 
 def clear(run_dir: Path) -> None:
