@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.comfy.client import ComfyClient  # noqa: E402
 from services.config import REPO_ROOT, Settings  # noqa: E402
-from services.jobs.runner import FixedComfy, JobRunner  # noqa: E402
+from services.comfy.provider import FixedComfy  # noqa: E402
+from services.jobs.runner import JobRunner  # noqa: E402
 from services.versions.spec import SpecStore  # noqa: E402
 from tests.comfy_backends import KIND, start_comfy  # noqa: E402
 

@@ -32,7 +32,7 @@ from services.config import REPO_ROOT  # noqa: E402
 from services.jobs.runner import JobRunner  # noqa: E402
 from services.versions.install import install  # noqa: E402
 from services.versions.spec import SpecStore  # noqa: E402
-from services.versions.switch import VersionedComfy  # noqa: E402
+from services.comfy.versioned import VersionedComfy  # noqa: E402
 from tests.standin_process import free_port  # noqa: E402
 from tests.versions_support import World, file_url, write_spec  # noqa: E402
 

@@ -1,7 +1,7 @@
 """`python -m services run`: run one workflow and print the result JSON (the seeds' `cli` mode).
 
 Without `--comfy-url` (or `COMFY_URL`) it starts the job's installed version of ComfyUI (or
-the checkout at `COMFY_HOME` when that is set: see services/versions/switch.py) for the run
+the checkout at `COMFY_HOME` when that is set: see services/comfy/runtime.py) for the run
 and stops it afterwards. The result goes to stdout; progress goes to stderr as a bar when stderr
 is a terminal. On failure the error JSON is printed and the exit status is 1.
 """
@@ -53,8 +53,9 @@ async def _run(args, settings: Settings) -> dict:
     # Imported here so that the other commands (`versions`, `settings`) start without aiohttp.
     from services.comfy.client import ComfyClient
     from services.comfy.launcher import json_line_sink
-    from services.jobs.runner import FixedComfy, JobRunner
-    from services.versions.switch import VersionedComfy
+    from services.comfy.provider import FixedComfy
+    from services.comfy.versioned import VersionedComfy
+    from services.jobs.runner import JobRunner
 
     try:
         workflow_text = args.workflow.read_text(encoding="utf-8")

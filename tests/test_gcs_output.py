@@ -14,7 +14,8 @@ from PIL import Image
 from services.comfy.client import ComfyClient
 from services.config import Settings
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
+from services.comfy.provider import FixedComfy
+from services.jobs.runner import JobRunner
 from services.versions.spec import SpecStore
 from tests import workflows
 from tests.gcs_emulator import Emulator

@@ -31,7 +31,8 @@ from services.config import Settings
 from services.errors import AppError
 from services.jobs.file_inputs import FileInputs, check_file_inputs
 from services.jobs.job_files import JobFiles
-from services.jobs.runner import FixedComfy, JobRunner
+from services.comfy.provider import FixedComfy
+from services.jobs.runner import JobRunner
 from services.versions.spec import SpecStore
 from tests.pod_process import start_pod
 from tests.standin_process import start_standin

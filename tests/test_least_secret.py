@@ -107,7 +107,7 @@ def test_the_comfyui_program_scrubs_even_what_it_was_given(tmp_path):
     (home / "main.py").write_text(f"import json, os\njson.dump(dict(os.environ), open({str(dump)!r}, 'w'))\n")
     env = {**os.environ, **SECRETS, "DATA_ROOT": str(tmp_path / "data"), "COMFY_HOME": str(home),
            "COMFY_PORT": str(free_port()), "PYTHONPATH": str(REPO_ROOT), "LOG_SILENT": "1"}
-    proc = subprocess.run([sys.executable, "-m", "services.comfyui"], cwd=REPO_ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "services.comfyexec"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(dump.read_text())

@@ -394,7 +394,7 @@ def test_comfyui_program_names_a_missing_version_and_records_it(tmp_path):
     # No COMFY_HOME: the default version is what runs, and it is not installed.
     env = {**os.environ, "DATA_ROOT": str(tmp_path), "DEFAULT_VERSION_ID": "demo", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("COMFY_HOME", None)
-    proc = subprocess.run([sys.executable, "-m", "services.comfyui"], cwd=REPO_ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "services.comfyexec"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     line = proc.stderr.strip().splitlines()[-1]

@@ -12,7 +12,8 @@ from PIL import Image
 from services.comfy.client import ComfyClient
 from services.config import REPO_ROOT, Settings
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
+from services.comfy.provider import FixedComfy
+from services.jobs.runner import JobRunner
 from services.jobs.workflow import isolate_outputs
 from services.versions.spec import SpecStore
 from tests import workflows

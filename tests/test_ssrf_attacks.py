@@ -22,7 +22,8 @@ import services.net.policy
 from services.comfy.client import ComfyClient
 from services.config import REPO_ROOT, Settings
 from services.errors import AppError
-from services.jobs.runner import FixedComfy, JobRunner
+from services.comfy.provider import FixedComfy
+from services.jobs.runner import JobRunner
 from services.net.policy import FetchPolicy
 from services.versions.spec import SpecStore
 from tests import workflows

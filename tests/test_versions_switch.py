@@ -17,7 +17,8 @@ from services.jobs.runner import JobRunner
 from services.versions.install import install, state
 from services.versions.layout import Layout
 from services.versions.spec import SpecStore
-from services.versions.switch import Runtime, VersionedComfy, resolve
+from services.comfy.runtime import Runtime, resolve
+from services.comfy.versioned import VersionedComfy
 from services.versions.verify import verify
 from tests.versions_support import World, file_url, write_spec
 

@@ -18,7 +18,7 @@ from services.api.health import HealthState
 from services.api.openapi import OpenApiResource
 from services.comfy.client import ComfyClient
 from services.jobs.runner import JobRunner
-from services.pod.comfy import PodComfy
+from services.comfy.supervised import SupervisedComfy
 from services.store.comfy_state import ComfyStateStore
 from services.store.db import Database
 from services.store.downloads import DownloadStore
@@ -79,7 +79,7 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     store = JobStore(db)
     owner = worker_id()
     comfy_state = ComfyStateStore(db)
-    provider = PodComfy(settings, comfy_state, comfy, owner)
+    provider = SupervisedComfy(settings, comfy_state, comfy, owner)
     runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
     executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)
     health = HealthState(settings, comfy, lambda: {"appliance": __version__, "comfy": comfy_state.runtime()})

@@ -1,7 +1,7 @@
 """A ComfyUI this process owns: started on first use, restarted after a crash.
 
 The serverless handler and the CLI run ComfyUI as their own child through the launcher; the
-Pod API does not (supervisord owns it there, see FixedComfy in services/jobs/runner.py).
+Pod API does not (supervisord owns it there, see services/comfy/supervised.py).
 """
 from __future__ import annotations
 

@@ -13,12 +13,13 @@ import binascii
 import re
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 
 from services import logs
 from services.comfy.client import ComfyClient, ProgressCallback
+from services.comfy.provider import ComfyProvider
 from services.errors import AppError
 from services.jobs.delivery import Base64Delivery, Delivery, deliver_outcome
 from services.jobs.fetch import FetchFailed, fetch_bytes
@@ -35,42 +36,6 @@ log = logs.get("jobs.runner")
 
 MAX_INPUT_IMAGE_BYTES = 64 * 2**20
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # a job id names the job's folders
-
-
-class ComfyProvider(Protocol):
-    """Who owns ComfyUI for this process: hands out a ready client for a version.
-
-    Every `client_for` is paired with one `release()` when the job is done with ComfyUI, so a
-    provider that switches versions knows when none is in flight. `current_version` is what
-    runs (a version id, `comfy_home:<path>`, or None when unknown); jobs report it.
-    """
-
-    async def client_for(self, spec: VersionSpec) -> ComfyClient: ...
-
-    def release(self) -> None: ...
-
-    def report_crash(self) -> None: ...
-
-    @property
-    def current_version(self) -> str | None: ...
-
-
-class FixedComfy:
-    """A ComfyUI someone else runs (`--comfy-url`, `COMFY_URL`, supervisord's `comfyui`)."""
-
-    def __init__(self, client: ComfyClient):
-        self.client = client
-
-    current_version = None  # whatever its owner runs
-
-    async def client_for(self, spec: VersionSpec) -> ComfyClient:
-        return self.client
-
-    def release(self) -> None:
-        pass
-
-    def report_crash(self) -> None:
-        pass  # its owner restarts it
 
 
 class Stopwatch:

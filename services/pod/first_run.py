@@ -11,7 +11,7 @@ present in the background while the API already answers.
 from __future__ import annotations
 
 from services import logs
-from services.pod import runtime as runtime_file
+from services.comfy import runtime as runtime_file
 from services.versions.install import install
 from services.versions.layout import Layout
 

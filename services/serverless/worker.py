@@ -27,7 +27,7 @@ from services.jobs.runner import JobRunner
 from services.security.envelope import OpenedPayload, open_payload
 from services.security.replay import ReplayCache
 from services.versions.spec import SpecStore
-from services.versions.switch import VersionedComfy
+from services.comfy.versioned import VersionedComfy
 
 log = logs.get("serverless")
 

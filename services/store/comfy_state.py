@@ -1,4 +1,4 @@
-"""Pod mode's cross-process agreement on which ComfyUI runtime runs (services/pod/comfy.py).
+"""Pod mode's cross-process agreement on which ComfyUI runtime runs (services/comfy/supervised.py).
 
 Every API worker runs jobs, but there is one ComfyUI. A worker whose job needs the running
 runtime takes a lease; one that needs another runtime becomes the switcher: it marks the

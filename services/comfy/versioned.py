@@ -1,12 +1,7 @@
-"""Which ComfyUI runs a job, and switching it when a job names another version.
+"""Switching the ComfyUI this process owns when a job names another version.
 
-`resolve` decides what to run for a version. With `COMFY_HOME` set in the environment the
-appliance runs that checkout with `COMFY_PYTHON` for every version (developer mode: nothing
-is installed or switched, and results say `comfy_home:<path>` as the version in use).
-Otherwise it runs the installed version: `<VERSIONS_ROOT>/<id>/ComfyUI` under the version's
-own virtualenv, with the spec's ComfyUI arguments.
-
-`VersionedComfy` is the job runner's provider for a ComfyUI this process owns. Jobs of the
+`VersionedComfy` is the job runner's provider for a ComfyUI this process owns (which runtime a
+version runs: services/comfy/runtime.py). Jobs of the
 running version share it concurrently. A job for another version queues; jobs that arrive
 after it queue behind it (so a steady stream of the running version cannot starve it); once
 the jobs in flight have released ComfyUI, the first in the queue installs its version if
@@ -21,42 +16,17 @@ supervisord's program instead.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 from services import logs
 from services.comfy.client import ComfyClient
 from services.comfy.launcher import ComfyLauncher
 from services.comfy.owned import OwnedComfy
-from services.errors import AppError
-from services.versions.install import install, state
-from services.versions.layout import Layout
+from services.comfy.runtime import Runtime, installed, not_installed, resolve
+from services.versions.install import install
 from services.versions.spec import VersionSpec
 
-log = logs.get("versions.switch")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What to run: equal runtimes need no restart."""
-    label: str                 # the version in use, as jobs and /healthz report it
-    comfy_home: Path
-    python: Path
-    args: tuple[str, ...]
-    versioned: bool            # False in developer mode: nothing to install
-
-
-def checkout_runtime(settings) -> Runtime:
-    """COMFY_HOME run by COMFY_PYTHON, whatever the version (developer mode)."""
-    return Runtime(f"comfy_home:{settings.comfy_home}", settings.comfy_home, settings.comfy_python, (), False)
-
-
-def resolve(spec: VersionSpec, settings) -> Runtime:
-    if settings.is_set("comfy_home"):
-        return checkout_runtime(settings)
-    tree = Layout.of(settings.versions_root, spec.id).tree
-    return Runtime(spec.id, tree.comfy_dir, tree.python, spec.comfy_args, True)
+log = logs.get("comfy.versioned")
 
 
 class Started(Protocol):
@@ -97,16 +67,11 @@ class VersionedComfy:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _installed(self, spec: VersionSpec, runtime: Runtime) -> bool:
-        return not runtime.versioned or state(spec, self.settings) == "installed"
-
     async def client_for(self, spec: VersionSpec) -> ComfyClient:
         """A ready client of ComfyUI running this version; pair every call with `release()`."""
         runtime = resolve(spec, self.settings)
-        if not self.settings.auto_install_versions and not self._installed(spec, runtime):
-            raise AppError("version_not_installed", f"version {spec.id} is not installed (or its spec changed "
-                           "since); run `python -m services versions install " + spec.id + "` or set "
-                           "AUTO_INSTALL_VERSIONS=1", suffix=spec.id)
+        if not self.settings.auto_install_versions and not installed(spec, runtime, self.settings):
+            raise not_installed(spec, self.settings)
         ticket = object()
         self._queue.append((ticket, runtime))
         try:
@@ -131,7 +96,7 @@ class VersionedComfy:
                 position = next(i for i, (t, _) in enumerate(self._queue) if t is ticket)
                 # Share the running ComfyUI unless a job queued earlier waits for another one.
                 if (self._running == runtime and all(r == runtime for _, r in self._queue[:position])
-                        and self._installed(spec, runtime)):
+                        and installed(spec, runtime, self.settings)):
                     return False
                 if position == 0 and self._leases == 0:
                     return True
@@ -142,7 +107,7 @@ class VersionedComfy:
         self._switching = True
         old = self._running
         try:
-            if not self._installed(spec, runtime):
+            if not installed(spec, runtime, self.settings):
                 if old is not None and old.label == spec.id:
                     await self._stop()  # reinstalling replaces the folder the running one uses
                 log.info("version_auto_install", version_id=spec.id)

@@ -5,7 +5,7 @@ this program checks what it can (`comfy_init_failed:<reason>`, `version_not_inst
 recorded for /healthz, and a quick exit, so supervisord marks it FATAL after its retries) and
 rate-limits restarts: supervisord respawns a process that dies after `startsecs` at once,
 forever (Supervisor#1285), so a ComfyUI that crashes shortly after start waits longer before
-each new try (services/pod/restarts.py).
+each new try (services/comfy/backoff.py).
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import time
 from services import config, logs
 from services.comfy.launcher import CHILD_UMASK, ComfyLauncher, child_env
 from services.errors import AppError
-from services.pod import restarts, start_failure
-from services.pod import runtime as runtime_file
+from services.comfy import backoff
+from services.comfy import runtime as runtime_file
+from services.comfy.runtime import Runtime
+from services.pod import start_failure
 from services.store.comfy_state import ComfyStateStore
 from services.store.db import Database
-from services.versions.switch import Runtime
 
 log = logs.get("comfyui")
 
@@ -46,7 +47,7 @@ def main() -> None:
         print(exc.one_line(), file=sys.stderr, flush=True)
         sys.exit(1)
     start_failure.clear(settings.run_dir)
-    delay = restarts.next_delay(settings.run_dir)
+    delay = backoff.next_delay(settings.run_dir)
     if delay:
         log.warning("comfy_restart_backoff", seconds=delay)
         time.sleep(delay)

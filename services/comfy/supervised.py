@@ -16,21 +16,21 @@ import xmlrpc.client
 from services import logs
 from services.comfy.client import ComfyClient
 from services.errors import AppError
+from services.comfy import backoff
+from services.comfy import runtime as runtime_file
+from services.comfy.runtime import Runtime, installed, not_installed, resolve
 from services.periodic import Periodic
-from services.pod import restarts
-from services.pod import runtime as runtime_file
 from services.pod.supervisor import Supervisor
 from services.store.comfy_state import LEASE_SECONDS, ComfyStateStore
-from services.versions.install import install, state
+from services.versions.install import install
 from services.versions.spec import VersionSpec
-from services.versions.switch import Runtime, resolve
 
-log = logs.get("pod.comfy")
+log = logs.get("comfy.supervised")
 
 POLL_SECONDS = 0.2
 
 
-class PodComfy:
+class SupervisedComfy:
     def __init__(self, settings, store: ComfyStateStore, client: ComfyClient, owner: str):
         self.settings = settings
         self.store = store
@@ -58,11 +58,9 @@ class PodComfy:
 
     async def client_for(self, spec: VersionSpec) -> ComfyClient:
         wanted = resolve(spec, self.settings)
-        if wanted.versioned and await asyncio.to_thread(state, spec, self.settings) != "installed":
+        if not await asyncio.to_thread(installed, spec, wanted, self.settings):
             if not self.settings.auto_install_versions:
-                raise AppError("version_not_installed", f"version {spec.id} is not installed on this Pod; run "
-                               f"`python -m services versions install {spec.id}` or set AUTO_INSTALL_VERSIONS=1",
-                               suffix=spec.id)
+                raise not_installed(spec, self.settings)
             await asyncio.to_thread(install, spec, self.settings)
         async with self._asking:
             while True:
@@ -100,7 +98,7 @@ class PodComfy:
     async def _restart_comfyui(self) -> None:
         if self.supervisor is None:
             raise AppError("comfy_init_failed", "switching versions needs supervisord (Pod mode)", suffix="no_supervisor")
-        restarts.forget(self.settings.run_dir)  # a switch is no crash: no back-off for it
+        backoff.forget(self.settings.run_dir)  # a switch is no crash: no back-off for it
         try:
             await asyncio.to_thread(self.supervisor.restart, "comfyui")
         except (OSError, xmlrpc.client.Error) as exc:
