@@ -228,6 +228,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds to wait for ComfyUI to answer after start (the wait ends at once if it exits).", group="comfy"),
     Setting("job_timeout", ("JOB_TIMEOUT",), parse_seconds, 3600.0, 3600.0,
             "Seconds one job may run in ComfyUI before it is interrupted and fails with `job_timeout`.", group="jobs"),
+    Setting("job_max_attempts", ("JOB_MAX_ATTEMPTS",), at_least(1), 2, 2,
+            "Times a job is handed to ComfyUI: a job whose prompt died with ComfyUI (`comfy_crashed`, "
+            "`comfy_stalled`, or ComfyUI gone before the prompt was queued) is submitted again once ComfyUI is "
+            "back, until this many attempts; then it fails with the last code (a job that crashes ComfyUI every "
+            "time stops there, and the next job runs). Counted with the job in the Pod's store.", group="jobs"),
+    Setting("stall_timeout", ("STALL_TIMEOUT",), parse_seconds, 600.0, 600.0,
+            "Seconds a running prompt may go without a sign of life (a websocket event for it: a node starting, a "
+            "progress step, a node's output) before it is interrupted; a version spec's `stall_timeout` overrides "
+            "it for slow nodes (long video decodes). `0`: no stall watchdog.", group="jobs"),
+    Setting("stall_grace", ("STALL_GRACE",), parse_seconds, 15.0, 15.0,
+            "Seconds a stalled prompt gets to end after its interrupt; then ComfyUI is killed and restarted "
+            "(through supervisord in Pod mode) and the job fails with `comfy_stalled`.", group="jobs"),
+    Setting("comfy_hang_timeout", ("COMFY_HANG_TIMEOUT",), parse_seconds, 120.0, 120.0,
+            "Pod mode: seconds a running `comfyui` program may go without answering HTTP (idle or busy: ComfyUI "
+            "answers while nodes run) before it is killed and restarted. `0`: never.", group="comfy"),
     Setting("auto_install_versions", ("AUTO_INSTALL_VERSIONS",), parse_bool, False, False,
             "`1`: a job naming a version that is not installed installs it first (else `version_not_installed`), "
             "and so does `python -m services.pod` for the version its ComfyUI starts with (locally it always does).",
@@ -275,8 +290,8 @@ SETTINGS: tuple[Setting, ...] = (
             "without it Pod mode refuses to start.", group="api"),
     Setting("api_port", ("API_PORT",), parse_port, 8000, 8000, "Port the Pod API binds.", group="api"),
     Setting("api_token", ("API_TOKEN",), parse_str, "", "",
-            "When set, every API route but /healthz and /openapi.json needs `Authorization: Bearer <token>` "
-            "(and /healthz shows its details only with it).", secret=True, group="api"),
+            "When set, every API route but /healthz, /readyz and /openapi.json needs `Authorization: Bearer <token>` "
+            "(and /healthz and /readyz show their details only with it).", secret=True, group="api"),
     Setting("allow_unauthenticated", ("ALLOW_UNAUTHENTICATED",), parse_bool, False, False,
             "`1`: serve a non-loopback `API_HOST` without `API_TOKEN` (anyone who reaches the port may run "
             "jobs). Without it such a start is refused.", group="api"),
@@ -310,6 +325,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runpod_debug_level", ("RUNPOD_DEBUG_LEVEL",), choice("debug", "info", "warn", "error"), "info", "info",
             "The runpod SDK's log level. Not `debug` in production: at DEBUG the SDK logs every handler "
             "output verbatim.", group="modes"),
+    Setting("shutdown_grace", ("SHUTDOWN_GRACE",), parse_seconds, 20.0, 20.0,
+            "Serverless worker: seconds a running job may still take after SIGTERM or SIGINT (RunPod scaling "
+            "down); then it is interrupted and fails with `worker_shutdown`, ComfyUI is stopped and the worker "
+            "exits 0. RunPod kills a worker that is still running some time after SIGTERM: keep this below that.",
+            group="modes"),
     # --- pod programs ---
     Setting("supervisor_socket", ("SUPERVISOR_SOCKET",), parse_str, "", "",
             "Unix socket of supervisord, for /healthz's program list (set by etc/supervisord.conf).", group="pod"),
@@ -318,6 +338,10 @@ SETTINGS: tuple[Setting, ...] = (
             "thousands of requests waiting; more workers cost about 60 MB each.", group="pod"),
     Setting("api_job_concurrency", ("API_JOB_CONCURRENCY",), parse_int, 16, 16,
             "Jobs one API worker keeps in ComfyUI's queue at once (ComfyUI still runs them one by one).",
+            group="pod"),
+    Setting("queue_max_jobs", ("QUEUE_MAX_JOBS",), at_least(0), 1000, 1000,
+            "Jobs the Pod holds queued or running, all API workers together; at this many `/run` answers 503 "
+            "`queue_full` with `Retry-After` and stores nothing, and `/readyz` says not ready. `0`: no bound.",
             group="pod"),
     Setting("nvidia_smi", ("NVIDIA_SMI",), parse_str, "nvidia-smi", "nvidia-smi",
             "The nvidia-smi command gpuwatch runs.", group="pod"),

@@ -2,7 +2,8 @@
 
 A code is a fixed prefix, optionally followed by `:<specifics>` (`comfy_init_failed:timeout`,
 `unknown_version:demo`). The catalogue gives each prefix its HTTP status, whether it means the
-worker itself is broken (`fatal`: the serverless handler then asks RunPod for a new worker),
+worker itself is broken for good (`fatal`: the serverless handler refuses later jobs and asks
+RunPod for a new worker at once),
 and the sentence README's error reference shows (`python -m services errors --markdown`).
 Details are written for the caller and must never contain secrets or payload plaintext.
 """
@@ -46,6 +47,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("json_too_deep", 400, "The JSON nests deeper than 64 levels (arrays and objects)."),
     Code("unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (charset UTF-8)."),
     Code("host_not_allowed", 421, "The `Host` header names no host this API serves (loopback, `API_ALLOWED_HOSTS`, the Pod's proxy name); 400 when it is missing or malformed."),
+    Code("queue_full", 503, "`QUEUE_MAX_JOBS` jobs are queued or running, so `/run` stored nothing; send it again after the `Retry-After` header's seconds. A retry naming a `job_id` that exists still gets that job."),
     Code("internal_error", 500, "A bug: the API met an unexpected error (logged by type, never returned)."),
     Code("store_too_new", 500, "The state database (`STATE_DB`) has a newer schema version than this code knows (a newer appliance wrote it); it is refused, never downgraded: run that appliance version or point `STATE_DB` at another file."),
     # Encryption
@@ -56,15 +58,18 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("envelope_expired", 400, "`ENVELOPE_MAX_AGE` is set and the sealed payload's `ts` is missing, older than that, or in the future."),
     Code("encryption_unavailable", 503, "An encrypted payload arrived but no `WORKER_PRIVATE_KEY_B64` is configured."),
     # ComfyUI and execution
-    Code("comfy_init_failed", 503, "ComfyUI did not start: `no_comfy_home`, `no_main_py`, `port_in_use`, `import_error`, `exited`, `timeout`.", fatal=True, suffix="<reason>"),
+    Code("comfy_init_failed", 503, "ComfyUI did not start: `no_comfy_home`, `no_main_py`, `port_in_use`, `import_error`, `exited`, `timeout`. A serverless worker tries again on its next job, and asks to be replaced after two ComfyUI failures in a row.", suffix="<reason>"),
     Code("comfy_unreachable", 503, "ComfyUI does not answer at its URL."),
-    Code("comfy_crashed", 502, "ComfyUI died while the job ran; it is restarted before the next job."),
+    Code("comfy_crashed", 502, "ComfyUI died while the job ran (on every attempt, see `JOB_MAX_ATTEMPTS`); it is restarted, and later jobs wait for it."),
     Code("comfy_protocol_error", 502, "ComfyUI answered something the appliance cannot read."),
+    Code("comfy_stalled", 504, "The prompt showed no sign of life (no node started, no progress) for `STALL_TIMEOUT` (or the version's `stall_timeout`) and did not end within `STALL_GRACE` of its interrupt; ComfyUI was restarted. Counts as an attempt (`JOB_MAX_ATTEMPTS`)."),
     Code("execution_error", 422, "A node raised during execution; `detail` names the node and ComfyUI's message.", suffix="<node_type>"),
     Code("out_of_memory", 507, "A node ran out of GPU/CPU memory; ComfyUI unloaded its models."),
+    Code("gpu_fault", 503, "A node hit a CUDA error that leaves the GPU unusable for the ComfyUI process (illegal memory access, device-side assert, launch failure, uncorrectable ECC, a lost GPU; `fault` names it); every later job there would fail too. The fault is latched until ComfyUI restarts; Pod mode's `/healthz` answers 503 meanwhile.", fatal=True),
     Code("interrupted", 409, "The prompt was interrupted in ComfyUI (by a cancel or by someone else)."),
     Code("cancelled", 409, "The job was cancelled before or while it ran."),
     Code("worker_lost", 502, "The worker process running the job died repeatedly; the job was given up."),
+    Code("worker_shutdown", 503, "The serverless worker was told to stop (SIGTERM or SIGINT: RunPod scaling down) and the job did not finish within `SHUTDOWN_GRACE`; it was interrupted and may be sent again."),
     Code("job_timeout", 504, "The job ran longer than `JOB_TIMEOUT` (or its own `timeout`) and was interrupted."),
     Code("no_outputs", 422, "The workflow finished but saved no output file (previews are not results)."),
     Code("output_fetch_failed", 502, "An output listed by ComfyUI could not be read back through `/view`.", suffix="<filename>"),
@@ -124,6 +129,6 @@ def markdown_table() -> str:
     rows = ["| Code | HTTP | Meaning |", "|---|---|---|"]
     for code in CATALOGUE.values():
         name = f"{code.prefix}:{code.suffix}" if code.suffix else code.prefix
-        fatal = " Fatal: the serverless worker asks to be replaced." if code.fatal else ""
+        fatal = " Fatal: the serverless worker refuses later jobs and asks to be replaced." if code.fatal else ""
         rows.append(f"| `{name}` | {code.status} | {code.meaning}{fatal} |")
     return "\n".join(rows)

@@ -1,12 +1,31 @@
-"""Shared fixtures: a running ComfyUI (stand-in or real, see tests/comfy_backends.py)."""
+"""Shared fixtures: a running ComfyUI (stand-in or real, see tests/comfy_backends.py); and a
+run fails when its tests leave a process running (tests/leaks.py)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from services.proc_death import become_subreaper
 from tests.comfy_backends import KIND, start_comfy
-from tests.docker_engine import TIMINGS as IMAGE_TIMINGS
+from tests.leaks import leftovers
+from tests.timings import TIMINGS
+
+
+def pytest_configure(config):
+    # Orphans of the suite's processes come to pytest rather than init: see tests/leaks.py.
+    become_subreaper()
+
+
+def pytest_sessionfinish(session):
+    leaked = leftovers()
+    if leaked:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.ensure_newline()
+        reporter.section("processes the tests left running (now killed)", sep="!", red=True)
+        for line in leaked:
+            reporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -18,8 +37,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if IMAGE_TIMINGS:
-        terminalreporter.write_line("image test timings: " + json.dumps(IMAGE_TIMINGS))
+    for topic, measured in TIMINGS.items():
+        if measured:
+            terminalreporter.write_line(f"{topic} timings: " + json.dumps(measured))
 
 
 @pytest.fixture(scope="module")

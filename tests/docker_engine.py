@@ -19,11 +19,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests import timings
+
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 # Seconds (and the image's MB) of each stage of the image test, for pytest's summary.
-TIMINGS: dict[str, float] = {}
+TIMINGS = timings.TIMINGS["image test"]
 
 
 class EngineUnavailable(RuntimeError):

@@ -19,11 +19,11 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def execute(url, workflow, **kwargs):
+async def execute(url, workflow, stall_timeout=None, **kwargs):
     client = ComfyClient(url, **kwargs)
     try:
         prompt_id = await client.submit(workflow)
-        return await client.wait(prompt_id, prompt=workflow)
+        return await client.wait(prompt_id, prompt=workflow, stall_timeout=stall_timeout)
     finally:
         await client.close()
 
@@ -117,6 +117,39 @@ def test_cancel_interrupts_the_running_prompt(comfy):
             await client.close()
     error, seconds = run(go())
     assert error.code == "interrupted" and seconds < 5
+
+
+def test_a_prompt_without_a_sign_of_life_is_stalled_and_one_waiting_behind_it_is_not(fresh_comfy):
+    """The stall watchdog: a node that blocks without progress ends the wait with comfy_stalled
+    after the stall timeout, while a prompt queued behind it (pending, so alive) keeps waiting."""
+    async def go():
+        client = ComfyClient(fresh_comfy.url, idle_check_interval=5)
+        hung, behind = workflows.hanging(30), workflows.image(prefix="behind_hang")
+        try:
+            hung_id = await client.submit(hung)
+            behind_id = await client.submit(behind)
+            waiter_behind = asyncio.create_task(client.wait(behind_id, prompt=behind, stall_timeout=2))
+            started = time.monotonic()
+            with pytest.raises(AppError) as err:
+                await client.wait(hung_id, prompt=hung, stall_timeout=2)
+            seconds = time.monotonic() - started
+            await asyncio.sleep(1.5)
+            behind_still_waiting = not waiter_behind.done()
+            waiter_behind.cancel()
+            await asyncio.gather(waiter_behind, return_exceptions=True)
+            return err.value, seconds, behind_still_waiting
+        finally:
+            await client.close()
+    error, seconds, behind_still_waiting = run(go())
+    assert error.code == "comfy_stalled" and error.extra["prompt_id"]
+    assert 2 <= seconds < 5
+    assert behind_still_waiting
+
+
+def test_progress_keeps_a_long_prompt_alive(comfy):
+    """A prompt that reports progress is never stalled, however long it runs past the timeout."""
+    outcome = run(execute(comfy.url, workflows.sleep_then_save(3.0, steps=30), stall_timeout=1))
+    assert [f.kind for f in outcome.files] == ["image"]
 
 
 def test_unreachable_comfy():

@@ -66,7 +66,7 @@ def fresh_schema(tmp_path: Path) -> dict:
 
 def test_migrations_are_numbered_in_order():
     assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
-    assert LATEST >= 3  # 1: the 9f1517f schema, 2: downloads.replace_existing, 3: envelopes
+    assert LATEST >= 4  # 1: the 9f1517f schema, 2: downloads.replace_existing, 3: envelopes, 4: comfy_attempts
 
 
 def test_a_database_from_9f1517f_is_migrated_and_keeps_every_row(tmp_path):
@@ -78,7 +78,7 @@ def test_a_database_from_9f1517f_is_migrated_and_keeps_every_row(tmp_path):
     db = Database(path)
     assert db.migrated == tuple(range(1, LATEST + 1))
     assert schema(path) == fresh_schema(tmp_path)  # same shape as a database made today
-    assert rows(path, "jobs") == before["jobs"]
+    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before["jobs"]]
     assert rows(path, "downloads") == [{**r, "replace_existing": 0} for r in before["downloads"]]
     assert rows(path, "comfy_state") == before["comfy_state"]
     assert rows(path, "comfy_leases") == before["comfy_leases"]
@@ -103,6 +103,30 @@ def test_a_database_from_9f1517f_is_migrated_and_keeps_every_row(tmp_path):
     assert ledger.claim("k" * 64, "job-other") == "job-new"  # a replay finds the first job
     db.close()
     assert Database(path).migrated == ()
+
+
+def test_a_version_3_database_gains_comfy_attempts_and_its_jobs_run_on(tmp_path):
+    """The schema of the release before JOB_MAX_ATTEMPTS (user_version 3), with rows in every
+    state: migrated to the latest, every job kept, a running one resumed with its count at 0."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for migration in MIGRATIONS[:3]:
+        migration.apply(conn)
+    conn.execute("PRAGMA user_version = 3")
+    conn.executescript((FIXTURES / "rows_v1.sql").read_text())
+    conn.close()
+    before = rows(path, "jobs")
+
+    db = Database(path)
+    assert db.migrated == tuple(range(4, LATEST + 1))
+    assert schema(path) == fresh_schema(tmp_path)
+    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before]
+    jobs = JobStore(db)
+    running = next(r["id"] for r in before if r["state"] == "running")
+    assert jobs.get(running).public()["comfy_attempts"] == 0
+    assert jobs.heartbeat(jobs.get(running).owner, running, comfy_attempts=2)
+    assert jobs.get(running).comfy_attempts == 2
 
 
 def test_a_database_made_today_is_at_the_latest_version_and_reopening_changes_nothing(tmp_path):
@@ -151,7 +175,7 @@ def test_two_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path,
     assert sorted(v for one in applied for v in one) == list(range(1, LATEST + 1))  # each migration once
     assert [] in applied  # the other process found them done
     assert user_version(sqlite3.connect(path)) == LATEST
-    assert rows(path, "jobs") == before
+    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before]
 
 
 def test_a_database_from_a_newer_release_is_refused(tmp_path):
@@ -181,7 +205,7 @@ def test_a_database_from_the_code_before_versions_is_adopted(tmp_path, scripts):
     db = Database(path)
     assert db.migrated == tuple(range(1, LATEST + 1))
     assert schema(path) == fresh_schema(tmp_path)
-    assert rows(path, "jobs") == before
+    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before]
     assert DownloadStore(db).enqueue(url="https://example.com/n", type="vae", filename="n.pt",
                                      replace=True).replace_existing == 1
     assert EnvelopeLedger(db).claim("e" * 64, "job-queued") == "job-queued"

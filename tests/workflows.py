@@ -43,3 +43,10 @@ def load_invert_save(image_name: str) -> dict:
     return {"1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}}}
+
+
+def hanging(seconds: float = 60.0) -> dict:
+    """A node that blocks without progress and ignores interrupts (the stall watchdog's case)."""
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "StandinHang", "inputs": {"seconds": seconds, "images": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "hung"}}}

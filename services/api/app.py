@@ -16,6 +16,7 @@ from services.api.executor import JobExecutor, worker_id
 from services.api.guard import RequestGuard, token_matches
 from services.api.health import HealthState
 from services.api.openapi import OpenApiResource
+from services.api.readiness import Readiness
 from services.comfy.client import ComfyClient
 from services.jobs.runner import JobRunner
 from services.comfy.supervised import SupervisedComfy
@@ -41,11 +42,12 @@ class Lifespan:
 
 
 class HealthResource:
-    """Public, for load balancers and Docker's HEALTHCHECK: `{ok, server_public_key_b64}` to
-    anyone; the details (paths, pids, programs, GPU, versions) only to token holders, or to
-    everyone when no token is configured and the API listens on loopback only."""
+    """Public, for load balancers and Docker's HEALTHCHECK: `/healthz` (`{ok,
+    server_public_key_b64}`) and `/readyz` (`{ready}`) to anyone; the details (paths, pids,
+    programs, GPU, versions, reasons) only to token holders, or to everyone when no token is
+    configured and the API listens on loopback only."""
 
-    def __init__(self, health: HealthState, settings):
+    def __init__(self, health: HealthState | Readiness, settings):
         self.health = health
         self.token = settings.api_token
         self.details_public = exposure.details_public(settings)
@@ -83,11 +85,13 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
     executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)
     health = HealthState(settings, comfy, lambda: {"appliance": __version__, "comfy": comfy_state.runtime()})
+    readiness = Readiness(settings, health, store)
 
-    middleware = [Lifespan(health, provider, executor, _Closing(runner, comfy)), RequestGuard(settings)]
+    middleware = [Lifespan(health, readiness, provider, executor, _Closing(runner, comfy)), RequestGuard(settings)]
     app = falcon.asgi.App(middleware=middleware)
     http.install(app)
     app.add_route("/healthz", HealthResource(health, settings))
+    app.add_route("/readyz", HealthResource(readiness, settings))
     app.add_route("/openapi.json", OpenApiResource())
     jobs.route(app, settings, runner, executor, store, comfy)
     models.route(app, settings, DownloadStore(db))

@@ -60,16 +60,18 @@ class JobExecutor:
 
     # ---- entry points -----------------------------------------------------------------
     async def run_now(self, body: Any, job_id: str | None) -> tuple[Job, asyncio.Task | None]:
-        """Store a job owned by this worker and start it; an existing job_id is returned as is."""
+        """Store a job owned by this worker and start it; an existing job_id is returned as is.
+        Both entry points raise QueueFull when QUEUE_MAX_JOBS jobs are queued or running."""
         job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
-                                               owner=self.owner, version_id=_version_hint(body))
+                                               owner=self.owner, version_id=_version_hint(body),
+                                               limit=self.settings.queue_max_jobs)
         if not created:
             return job, self.tasks.get(job.id)
         return job, self._spawn(job)
 
     async def enqueue(self, body: Any, job_id: str | None) -> Job:
         job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
-                                               version_id=_version_hint(body))
+                                               version_id=_version_hint(body), limit=self.settings.queue_max_jobs)
         if created:
             self.wake()
         return job
@@ -119,9 +121,10 @@ class JobExecutor:
         try:
             opened = open_payload(json.loads(job.payload), self.settings)
             result = await self.runner.run(
-                opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id,
+                opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id, attempts=job.comfy_attempts,
                 on_progress=lambda p, job_id=job.id: self._on_progress(job_id, p),
-                on_submitted=lambda prompt_id, job_id=job.id: self._on_submitted(job_id, prompt_id))
+                on_submitted=lambda prompt_id, job_id=job.id: self._on_submitted(job_id, prompt_id),
+                on_attempt=lambda n, job_id=job.id: self._on_attempt(job_id, n))
             reply = opened.reply(result)
             await asyncio.to_thread(self.store.finish, self.owner, job.id, reply)
             return {"status": 200, "body": reply}
@@ -159,6 +162,10 @@ class JobExecutor:
 
     async def _on_submitted(self, job_id: str, prompt_id: str) -> None:
         await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id)
+
+    async def _on_attempt(self, job_id: str, attempt: int) -> None:
+        # A new attempt submits a new prompt: the old prompt_id must not be resumed any more.
+        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, comfy_attempts=attempt, prompt_id=None)
 
 
 def worker_id() -> str:

@@ -14,7 +14,7 @@ import hmac
 from services.api import exposure
 from services.errors import AppError
 
-PUBLIC_ROUTES = ("/healthz", "/openapi.json")
+PUBLIC_ROUTES = ("/healthz", "/readyz", "/openapi.json")
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 

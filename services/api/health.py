@@ -1,9 +1,21 @@
 """`/healthz`: answered from a snapshot that a background task refreshes every second.
 
 The request path does no I/O: ComfyUI is pinged, supervisord asked (XML-RPC over its unix
-socket) and gpuwatch's file read by the refresher, which also pre-serialises the answer.
-`ok` is ComfyUI answering; a ComfyUI that is down makes /healthz answer 503 with the reason:
-the `comfyui` program's own when it failed its checks, else supervisord's view of it.
+socket) and the small state files in RUN_DIR read by the refresher, which also pre-serialises
+the answer. `ok` means ComfyUI answers and can use its GPU, so /healthz answers 503 when:
+
+- ComfyUI does not answer. `comfy.state` says whether it is `starting` (supervisord is starting
+  or backing off the `comfyui` program, or it runs and has not answered yet, for at most
+  COMFY_START_TIMEOUT) or `down`; `comfy.reason` says why: the program's own start failure when
+  it failed its checks, else supervisord's view of it.
+- A GPU fault is latched (services/gpu/fault_latch.py): ComfyUI answers but its CUDA context is
+  broken until it restarts. `gpu_fault` holds `{reason, at}`, `comfy.reason` the reason.
+- gpuwatch reports the GPU `degraded` (uncorrected ECC errors, a lost GPU, an nvidia-smi that
+  hangs probe after probe); `gpu.reason` says why. `absent` (no NVIDIA driver: CI, a laptop) and
+  `unknown` do not: `unknown` is about the watcher (gpuwatch has not reported yet, its report is
+  stale, nvidia-smi failed in a way that names no GPU fault, or hung once), not evidence that
+  the GPU is broken, and a Pod must not flap out of its load balancer on it.
+
 `public_body` is what callers without the token get: `ok` and the public key, nothing that
 maps the machine (paths, pids, versions).
 """
@@ -17,6 +29,7 @@ from typing import Any, Callable
 
 from services import logs
 from services.comfy.client import ComfyClient
+from services.gpu import fault_latch
 from services.gpu import state as gpu_state
 from services.periodic import Periodic
 from services.pod import start_failure
@@ -41,6 +54,8 @@ class HealthState:
         self._stats: dict[str, Any] = {}
         self._stats_at = 0.0
         self._public_key = public_key_b64(settings)
+        self._answered_pid: int | None = None  # the comfyui program's pid when ComfyUI last answered
+        self._verdict: tuple | None = None
         self._refresher = Periodic("health_refresh", REFRESH_SECONDS, self.refresh)
 
     def start(self) -> None:
@@ -63,28 +78,71 @@ class HealthState:
                 programs = await asyncio.to_thread(self.supervisor.programs)
             except (OSError, xmlrpc.client.Error) as exc:
                 programs = {"error": f"supervisord unreachable: {type(exc).__name__}"}
-        gpu = await asyncio.to_thread(gpu_state.read, self.settings.run_dir, 3 * self.settings.gpu_poll_interval + 5)
-        comfy = {"state": "ready" if comfy_up else "down", "url": self.comfy.base_url}
+        run_dir = self.settings.run_dir
+        gpu = await asyncio.to_thread(gpu_state.read, run_dir, 3 * self.settings.gpu_poll_interval + 5)
+        fault = await asyncio.to_thread(fault_latch.read, run_dir)
+        program = programs.get("comfyui") if isinstance(programs.get("comfyui"), dict) else None
+        comfy: dict[str, Any] = {"url": self.comfy.base_url}
         if comfy_up:
+            self._answered_pid = program["pid"] if program else None
             system = self._stats.get("system", {})
-            comfy["comfyui_version"] = system.get("comfyui_version")
-            comfy["devices"] = [d.get("name") for d in self._stats.get("devices", [])]
+            comfy.update(state="ready", comfyui_version=system.get("comfyui_version"),
+                         devices=[d.get("name") for d in self._stats.get("devices", [])])
+            if fault:
+                comfy["reason"] = f"gpu_fault: {fault['reason']}"
         else:
-            # The program's own reason (`comfy_init_failed:no_comfy_home: ...`) beats supervisord's
-            # "Exited too quickly", which is all supervisord knows about it.
-            failure = await asyncio.to_thread(start_failure.read, self.settings.run_dir)
-            program = programs.get("comfyui") if isinstance(programs.get("comfyui"), dict) else None
-            comfy["reason"] = failure or (f"comfyui program is {program['state']}: {program['description']}"
-                                          if program else "ComfyUI does not answer")
+            failure = await asyncio.to_thread(start_failure.read, run_dir)
+            comfy["state"], comfy["reason"] = comfy_down_state(failure, program, self._answered_pid,
+                                                               self.settings.comfy_start_timeout)
+        ok = comfy_up and fault is None and gpu.get("state") != "degraded"
         self.snapshot = {
-            "ok": comfy_up,
+            "ok": ok,
             "model_dir": str(self.settings.models_dir),
             "server_public_key_b64": self._public_key,
             "comfy": comfy,
             "gpu": {k: gpu.get(k) for k in ("state", "reason", "checked_at", "gpus", "host") if k in gpu},
+            "gpu_fault": fault,
             "programs": programs,
             "version": await asyncio.to_thread(self.version),
         }
         self.body = json.dumps(self.snapshot).encode()
-        self.public_body = json.dumps({"ok": comfy_up, "server_public_key_b64": self._public_key}).encode()
-        self.status = 200 if comfy_up else 503
+        self.public_body = json.dumps({"ok": ok, "server_public_key_b64": self._public_key}).encode()
+        self.status = 200 if ok else 503
+        self._log_change(ok, comfy, gpu, fault)
+
+    def _log_change(self, ok: bool, comfy: dict[str, Any], gpu: dict[str, Any], fault: dict | None) -> None:
+        # Once per change of what makes /healthz fail, not every second.
+        verdict = (ok, comfy["state"], gpu.get("state") == "degraded", fault is not None)
+        if verdict == self._verdict:
+            return
+        self._verdict = verdict
+        if ok:
+            log.info("healthy")
+        else:
+            log.warning("unhealthy", comfy=comfy["state"], comfy_reason=comfy.get("reason"),
+                        gpu=gpu.get("state"), gpu_reason=gpu.get("reason"),
+                        gpu_fault=fault["reason"] if fault else None)
+
+
+def comfy_down_state(failure: str | None, program: dict[str, Any] | None, answered_pid: int | None,
+                     start_timeout: float) -> tuple[str, str]:
+    """`(state, reason)` of a ComfyUI that does not answer: `starting` while supervisord starts
+    or backs off the `comfyui` program, or it runs but has not answered yet (within
+    COMFY_START_TIMEOUT: loading custom nodes takes a while); else `down`. A program that
+    recorded why it failed its checks is down, whatever supervisord does next."""
+    if failure:
+        return "down", failure
+    if program is None:
+        return "down", "ComfyUI does not answer"
+    state, description = program["state"], program["description"]
+    said = f"comfyui program is {state}" + (f": {description}" if description else "")
+    if state in ("STARTING", "BACKOFF"):
+        return "starting", said
+    if state == "RUNNING" and program["pid"] == answered_pid:
+        return "down", f"comfyui program is RUNNING ({description}) but ComfyUI stopped answering"
+    if state == "RUNNING" and (program.get("uptime") or 0) < start_timeout:
+        return "starting", f"comfyui program is RUNNING ({description}); ComfyUI does not answer yet"
+    if state == "RUNNING":
+        return "down", (f"comfyui program is RUNNING ({description}) but ComfyUI has not answered "
+                        f"within COMFY_START_TIMEOUT ({start_timeout:g} s)")
+    return "down", said

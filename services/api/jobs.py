@@ -8,6 +8,9 @@ beside an encrypted envelope: they say how to run it, not what.
 An encrypted request is accepted once (a replay gets 409 `envelope_replayed`, except a retry
 that names the `job_id` the envelope created: it gets that job back), and every answer to it,
 errors included, is sealed for its sender.
+
+Backpressure: with QUEUE_MAX_JOBS jobs queued or running, a new job gets 503 `queue_full` with
+`Retry-After` and nothing is stored; a retry naming an existing `job_id` still gets its job.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 
 import falcon
 
+from services import logs
 from services.api.executor import JobExecutor
 from services.api.http import read_json, send_json
 from services.comfy.client import ComfyClient
@@ -25,11 +29,17 @@ from services.jobs.runner import JobRunner
 from services.security.envelope import OpenedPayload, open_payload
 from services.security.replay import check_fresh, replayed
 from services.store.envelopes import EnvelopeLedger
-from services.store.jobs import TERMINAL, JobStore
+from services.store.jobs import JobStore, QueueFull
+from services.store.states import JOB_TERMINAL, JobState
 from services.versions.spec import VERSION_ID_RE
+
+log = logs.get("api.jobs")
 
 _META = ("async", "job_id")
 SYNC_POLL_SECONDS = 0.5
+# A job takes seconds to minutes: a few seconds lets a slot free up without refused clients
+# hammering the Pod meanwhile.
+RETRY_AFTER_SECONDS = 5
 
 
 def _job_id(value: Any) -> str | None:
@@ -46,6 +56,16 @@ class RunResource:
         self.ledger = EnvelopeLedger(store.db, settings.envelope_max_age)
 
     async def on_post(self, req, resp) -> None:
+        try:
+            await self._post(req, resp)
+        except QueueFull as exc:
+            # Not sealed, even for an envelope: like a replay refusal it holds nothing of the
+            # payload, and whoever balances the load must read it.
+            log.info("run_refused", error=exc.code, active=exc.active, limit=exc.limit)
+            resp.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
+            send_json(resp, exc.as_dict(), exc.status)
+
+    async def _post(self, req, resp) -> None:
         body = await read_json(req)
         if not isinstance(body, dict):
             raise AppError("invalid_payload", "the body must be a JSON object", suffix="body")
@@ -85,6 +105,9 @@ class RunResource:
     async def _accept_once(self, opened: OpenedPayload, job_id: str | None) -> str:
         """Refuse a stale or replayed envelope; returns the job id the envelope runs as."""
         check_fresh(opened, self.settings.envelope_max_age)
+        # Before the envelope is spent, so that once there is room the client may send it again
+        # (should another request take the last slot in between, only a job_id brings it back).
+        await asyncio.to_thread(self.store.check_room, self.settings.queue_max_jobs, job_id)
         wanted = job_id or uuid.uuid4().hex  # without a job_id of its own, any second use is a replay
         if await asyncio.to_thread(self.ledger.claim, opened.replay_key, wanted) != wanted:
             raise replayed()
@@ -94,7 +117,7 @@ class RunResource:
         """A retried request whose job another worker owns: wait for the row to finish."""
         while True:
             job = await asyncio.to_thread(self.store.get, job_id)
-            if job is None or job.state in TERMINAL:
+            if job is None or job.state in JOB_TERMINAL:
                 return job.public() if job else {"job_id": job_id}
             await asyncio.sleep(SYNC_POLL_SECONDS)
 
@@ -118,14 +141,14 @@ class JobResource:
 
     async def on_delete(self, req, resp, job_id: str) -> None:
         job = await self._get(job_id)
-        if job.state in TERMINAL:
+        if job.state in JOB_TERMINAL:
             send_json(resp, job.public())
             return
         job = await asyncio.to_thread(self.store.request_cancel, job_id)
         local = self.executor.tasks.get(job_id)
         if local is not None:
             local.cancel()
-        elif job.state == "running" and job.prompt_id:
+        elif job.state == JobState.RUNNING and job.prompt_id:
             # Another worker owns it: interrupt ComfyUI now; its heartbeat sees the flag soon.
             await self.comfy.cancel(job.prompt_id)
         send_json(resp, job.public(), 202)
@@ -137,9 +160,8 @@ class JobsResource:
 
     async def on_get(self, req, resp) -> None:
         state = req.get_param("state")
-        if state is not None and state not in ("queued", "running", *TERMINAL):
-            raise AppError("invalid_payload", "state is queued, running, succeeded, failed or cancelled",
-                           suffix="state")
+        if state is not None and state not in set(JobState):
+            raise AppError("invalid_payload", f"state is one of {', '.join(JobState)}", suffix="state")
         limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
         jobs = await asyncio.to_thread(self.store.list, state, limit)
         send_json(resp, {"jobs": [{k: v for k, v in j.public().items() if k != "result"} for j in jobs],

@@ -10,6 +10,7 @@ import json
 
 from services import __version__
 from services.model_types import ALL_TYPES
+from services.store.states import DownloadState, JobState
 
 
 def _ref(name: str) -> dict:
@@ -21,6 +22,10 @@ def _json(schema: dict, description: str) -> dict:
 
 
 ERROR = _json(_ref("Error"), "Error: a stable code and a human detail")
+BUSY = {**_json(_ref("Error"), "`queue_full` (QUEUE_MAX_JOBS jobs queued or running; nothing was stored), or "
+                              "ComfyUI is unavailable"),
+        "headers": {"Retry-After": {"description": "with `queue_full`: seconds to wait before sending it again",
+                                    "schema": {"type": "integer"}}}}
 # 421: a Host header this API does not serve (services/api/guard.py); 415: a body that is not JSON.
 _ERRORS = {"400": ERROR, "401": ERROR, "404": ERROR, "413": ERROR, "421": ERROR}
 _BODY_ERRORS = {**_ERRORS, "415": ERROR}
@@ -83,11 +88,11 @@ SCHEMAS = {
     "Job": {
         "type": "object", "required": ["job_id", "state"],
         "properties": {"job_id": {"type": "string"},
-                       "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                       "state": {"enum": [s.value for s in JobState]},
                        "progress": {"type": "number"}, "version_id": {"type": ["string", "null"]},
                        "prompt_id": {"type": ["string", "null"]}, "created_at": {"type": "number"},
                        "started_at": {"type": ["number", "null"]}, "finished_at": {"type": ["number", "null"]},
-                       "attempts": {"type": "integer"},
+                       "attempts": {"type": "integer"}, "comfy_attempts": {"type": "integer"},
                        "result": {"oneOf": [_ref("RunResult"), _ref("SealedReply")]},
                        "error": {"type": "string"}, "detail": {"type": ["string", "null"]}},
     },
@@ -107,7 +112,7 @@ SCHEMAS = {
     "Download": {
         "type": "object", "required": ["download_id", "state"],
         "properties": {"download_id": {"type": "string"},
-                       "state": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+                       "state": {"enum": [s.value for s in DownloadState]},
                        "url": {"type": "string"}, "type": {"type": "string"}, "filename": {"type": "string"},
                        "sha256": {"type": ["string", "null"]}, "bytes_done": {"type": "integer"},
                        "bytes_total": {"type": ["integer", "null"]}, "path": {"type": ["string", "null"]},
@@ -128,9 +133,24 @@ SCHEMAS = {
         "properties": {"ok": {"type": "boolean"}, "model_dir": {"type": "string"},
                        "server_public_key_b64": {"type": "string"},
                        "comfy": {"type": "object", "required": ["state"],
-                                 "properties": {"state": {"enum": ["ready", "down"]}, "url": {"type": "string"}}},
+                                 "properties": {"state": {"enum": ["ready", "starting", "down"]}, "url": {"type": "string"},
+                                                "reason": {"type": "string"}}},
                        "gpu": {"type": "object", "properties": {"state": {"enum": ["ok", "degraded", "absent", "unknown"]}}},
+                       "gpu_fault": {"type": ["object", "null"], "required": ["reason", "at"],
+                                     "description": "a GPU fault latched until ComfyUI restarts (503)",
+                                     "properties": {"reason": {"type": "string"}, "at": {"type": ["number", "null"]}}},
                        "programs": {"type": "object"}, "version": {"type": "object"}},
+    },
+    "Ready": {
+        "type": "object", "required": ["ready"],
+        "description": "Without the token (when API_TOKEN is set, or the API listens beyond loopback) only `ready`",
+        "properties": {"ready": {"type": "boolean"},
+                       "reasons": {"type": "object", "additionalProperties": {"type": "string"},
+                                   "description": "each failed check and why: `comfy_down`, `comfy_starting`, "
+                                                  "`gpu_fault`, `gpu_degraded`, `queue_full`, `unchecked` (just started)"},
+                       "queue": {"type": "object",
+                                 "properties": {"active": {"type": ["integer", "null"], "description": "jobs queued or running"},
+                                                "max": {"type": "integer", "description": "QUEUE_MAX_JOBS (0: no bound)"}}}},
     },
 }
 
@@ -138,7 +158,13 @@ PATHS = {
     "/healthz": {"get": {
         "summary": "Health from a cached snapshot (no I/O per request); details only with the token",
         "responses": {"200": _json(_ref("Health"), "ComfyUI answers"),
-                      "503": _json(_ref("Health"), "ComfyUI is down; `comfy.reason` says why"),
+                      "503": _json(_ref("Health"), "ComfyUI is down or starting (`comfy.reason` says why), a GPU fault is "
+                                                          "latched (`gpu_fault`) or the GPU is degraded (`gpu.reason`)"),
+                      "400": ERROR, "421": ERROR}}},
+    "/readyz": {"get": {
+        "summary": "Whether to send this Pod new jobs, from a cached snapshot (no I/O per request); reasons only with the token",
+        "responses": {"200": _json(_ref("Ready"), "Ready: /healthz is ok (ComfyUI runs its version, the GPU is sound) and the queue has room"),
+                      "503": _json(_ref("Ready"), "Not ready; `reasons` says why"),
                       "400": ERROR, "421": ERROR}}},
     "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
                                                                         "400": ERROR, "421": ERROR}}},
@@ -150,7 +176,7 @@ PATHS = {
                       "202": _json({"type": "object", "required": ["job_id"],
                                     "properties": {"job_id": {"type": "string"}, "state": {"type": "string"}}},
                                    "Accepted; poll /jobs/{job_id}"),
-                      **_BODY_ERRORS, "403": ERROR, "409": ERROR, "422": ERROR, "502": ERROR, "503": ERROR, "504": ERROR, "507": ERROR}}},
+                      **_BODY_ERRORS, "403": ERROR, "409": ERROR, "422": ERROR, "502": ERROR, "503": BUSY, "504": ERROR, "507": ERROR}}},
     "/jobs": {"get": {
         "summary": "Recent jobs and counts by state",
         "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},

@@ -9,6 +9,11 @@ prompt (history is written by then; `execution_success` comes earlier).
 Websockets go silent or drop (ComfyUI#9393, comfy-cli#200), so every wait also checks
 `/queue` and `/history` on its own: often when the socket is down, rarely when it is up.
 A prompt found in neither means ComfyUI lost it (crash or restart): `comfy_crashed`.
+
+A running prompt that shows no sign of life (an event for it, or sitting in the queue behind
+others) for its stall timeout ends the wait with `comfy_stalled`: a node stuck in a CUDA call,
+a deadlocked custom node or a frozen process never ends on its own, and without the watchdog its
+job and every job behind it would wait out `JOB_TIMEOUT` (the runner then recovers ComfyUI).
 The client never knows whether it talks to a real ComfyUI or the test stand-in.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ from services.timeouts import at_most
 log = logs.get("comfy.client")
 
 _DISCONNECTED = {"type": "_disconnected"}
+_PENDING, _RUNNING = "pending", "running"  # where _poll found a prompt
 _CONNECTED = {"type": "_connected"}
 _BUFFER_PROMPTS = 256   # prompts whose events arrived before anyone waited on them
 _BUFFER_EVENTS = 64     # per prompt; later progress frames of an orphan are dropped
@@ -174,10 +180,11 @@ class ComfyClient:
         form.add_field("subfolder", subfolder)
         return await self._checked("POST", "/upload/image", data=form)
 
-    async def ping(self) -> bool:
-        """True when ComfyUI answers its cheapest route."""
+    async def ping(self, timeout: float | None = None) -> bool:
+        """True when ComfyUI answers its cheapest route (within `timeout`, default the request timeout)."""
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
         try:
-            result = await self._call("GET", "/prompt")
+            result = await self._call("GET", "/prompt", **extra)
         except (_Crashed, AppError):
             return False
         return not isinstance(result, _HttpFailure)
@@ -258,13 +265,36 @@ class ComfyClient:
         return result["prompt_id"]
 
     async def wait(self, prompt_id: str, *, prompt: dict[str, Any] | None = None,
-                   on_progress: ProgressCallback | None = None, adopted: bool = False) -> PromptOutcome:
+                   on_progress: ProgressCallback | None = None, adopted: bool = False,
+                   stall_timeout: float | None = None) -> PromptOutcome:
         """Follow a submitted prompt to its end. Cancel the awaiting task to give up on it
         (the caller interrupts ComfyUI; see `cancel`).
 
         `adopted`: the prompt was submitted by another process (a worker that died), so its
         events go to a socket that no longer exists; check its state at once and poll often.
+        Such a prompt shows no sign of life while it runs, so it gets no stall watchdog.
+        `stall_timeout`: seconds without a sign of life before `comfy_stalled` (None/0: never).
         """
+        watch = stall_timeout if stall_timeout and not adopted else None
+        try:
+            async with asyncio.timeout(None) as watchdog:
+                return await self._follow(prompt_id, prompt, on_progress, adopted, watchdog, watch)
+        except TimeoutError:
+            if not watchdog.expired():
+                raise  # the caller's own timeout
+            log.warning("comfy_stalled", prompt_id=prompt_id, seconds=watch)
+            raise AppError("comfy_stalled", f"the prompt showed no sign of life for {watch:g} s",
+                           extra={"prompt_id": prompt_id}) from None
+
+    async def _follow(self, prompt_id: str, prompt: dict[str, Any] | None, on_progress: ProgressCallback | None,
+                      adopted: bool, watchdog: asyncio.Timeout, watch: float | None) -> PromptOutcome:
+        loop = asyncio.get_running_loop()
+
+        def alive() -> None:
+            if watch is not None:
+                watchdog.reschedule(loop.time() + watch)
+
+        alive()
         self._ensure_reader()
         queue = self._subscribe(prompt_id)
         tracker = _ProgressTracker(prompt_id, prompt or {})
@@ -276,12 +306,17 @@ class ComfyClient:
                 else:
                     interval = (self._down_check if adopted or not self._connected.is_set()
                                 else self._idle_check)
+                    if watch is not None:
+                        interval = min(interval, watch / 3)  # a queued prompt must be seen waiting in time
                     message = await at_most(interval, queue.get())
                 if message is None or message is _DISCONNECTED or message is _CONNECTED:
                     entry = await self._poll(prompt_id)
-                    if entry is not None:
+                    if entry is _PENDING:
+                        alive()  # waiting behind other prompts is not stalling
+                    elif entry is not _RUNNING:
                         return self._finish(prompt_id, entry)
                     continue
+                alive()
                 kind, data = message.get("type"), message.get("data") or {}
                 if kind == "executing" and data.get("node") is None:
                     entry = await self.history(prompt_id)
@@ -296,14 +331,15 @@ class ComfyClient:
         finally:
             self._waiters.pop(prompt_id, None)
 
-    async def _poll(self, prompt_id: str) -> dict | None:
-        """History entry when done; None while queued or running; raises if ComfyUI lost it."""
+    async def _poll(self, prompt_id: str) -> dict | str:
+        """History entry when done; _PENDING or _RUNNING while in the queue (_RUNNING also when
+        ComfyUI cannot tell); raises if ComfyUI lost it."""
         try:
             queue = await self._call("GET", "/queue")
-            if isinstance(queue, dict) and any(_queue_item_id(item) == prompt_id
-                                               for lane in ("queue_running", "queue_pending")
-                                               for item in queue.get(lane) or []):
-                return None
+            if isinstance(queue, dict):
+                for lane, where in (("queue_running", _RUNNING), ("queue_pending", _PENDING)):
+                    if any(_queue_item_id(item) == prompt_id for item in queue.get(lane) or []):
+                        return where
             # Checked after the queue: ComfyUI moves a prompt into history under the same lock
             # that removes it from the queue, so a prompt missing from both is truly gone.
             history = await self._call("GET", f"/history/{prompt_id}")
@@ -312,11 +348,11 @@ class ComfyClient:
                            extra={"prompt_id": prompt_id}) from None
         except AppError as exc:
             log.warning("comfy_poll_failed", prompt_id=prompt_id, error=exc.code)
-            return None
+            return _RUNNING
         if isinstance(history, dict) and prompt_id in history:
             return history[prompt_id]
         if isinstance(history, _HttpFailure) or isinstance(queue, _HttpFailure):
-            return None
+            return _RUNNING
         raise AppError("comfy_crashed", "ComfyUI restarted and lost the prompt",
                        extra={"prompt_id": prompt_id})
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.errors import AppError
+from services.gpu import faults
 
 # Output keys whose entries are files, and what they hold. Anything else with a `filename`
 # is still collected (custom nodes invent keys), as kind "file".
@@ -118,6 +119,7 @@ def execution_error(data: dict[str, Any]) -> AppError:
     extra = {"prompt_id": data.get("prompt_id"), "node_id": node_id, "node_type": node_type,
              "exception_type": exc_type}
     detail = f"node {node_id} ({node_type}): {message.splitlines()[0] if message else exc_type}"
-    if "out of memory" in message.lower() or exc_type.endswith("OutOfMemoryError"):
-        return AppError("out_of_memory", detail, extra=extra)
-    return AppError("execution_error", detail, suffix=node_type, extra=extra)
+    fault = faults.classify(message, exc_type)
+    if fault is None:
+        return AppError("execution_error", detail, suffix=node_type, extra=extra)
+    return AppError(fault.code, detail, extra={**extra, "fault": fault.name})

@@ -2,10 +2,11 @@
 
 The launcher owns one ComfyUI process: it writes the extra_model_paths file that wires in the
 model folders, spawns `COMFY_PYTHON COMFY_HOME/main.py` in its own process group (so stopping
-it also stops anything it spawned), waits until it answers, and stops it with SIGTERM then
-SIGKILL. Every way start-up can fail ends in `comfy_init_failed:<reason>` carrying the tail of
-ComfyUI's log; the wait ends as soon as the process exits instead of sleeping out a fixed
-timeout (worker-comfyui#125: a hard 25 s wait failed slow cold starts).
+it also stops anything it spawned) and dies with this process, even one killed with SIGKILL
+(services/proc_death.py), waits until it answers, and stops it with SIGTERM then SIGKILL.
+Every way start-up can fail ends in `comfy_init_failed:<reason>` carrying the tail of ComfyUI's
+log; the wait ends as soon as the process exits instead of sleeping out a fixed timeout
+(worker-comfyui#125: a hard 25 s wait failed slow cold starts).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
-from services import atomic_file, logs, secret_env
+from services import atomic_file, logs, proc_death, secret_env
 from services.errors import AppError
 from services.gpu import device
 from services.model_types import ALIASES, CANONICAL
@@ -33,6 +34,8 @@ from services.model_types import ALIASES, CANONICAL
 log = logs.get("comfy.launcher")
 
 _TAIL_LINES = 60
+# An idle ComfyUI answers /prompt in milliseconds; one silent this long before a job is frozen.
+UNRESPONSIVE_SECONDS = 10.0
 
 
 class State(enum.Enum):
@@ -195,7 +198,9 @@ class ComfyLauncher:
         argv = self.prepare()
         self._tail.clear()
         try:
-            self._proc = subprocess.Popen(
+            # Forked by proc_death's long-lived thread: start() runs on worker threads
+            # (asyncio.to_thread), and the parent-death signal fires when the forking thread ends.
+            self._proc = proc_death.spawn(
                 argv, cwd=self.comfy_home, env=child_env(), stdin=subprocess.DEVNULL, umask=CHILD_UMASK,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
@@ -242,18 +247,22 @@ class ComfyLauncher:
             return "import_error"
         return "exited"
 
-    def _answers(self) -> bool:
+    def _answers(self, timeout: float = 2.0) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/prompt", timeout=2) as resp:
+            with urllib.request.urlopen(f"{self.url}/prompt", timeout=timeout) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
     def ensure_running(self, timeout: float) -> None:
-        """Start if not running, then wait until ready (used before each job)."""
+        """Start if not running, then wait until ready (used before each job). A ComfyUI that
+        stopped answering while idle (frozen, deadlocked) is replaced rather than handed out."""
         with self._lock:
             if self.is_alive() and self._state == State.READY:
-                return
+                if self._answers(timeout=UNRESPONSIVE_SECONDS):
+                    return
+                log.warning("comfy_unresponsive_killed", pid=self.pid, seconds=UNRESPONSIVE_SECONDS)
+                self.kill()
             if not self.is_alive():
                 if self._state in (State.READY, State.STARTING):
                     self._to(State.DEFUNCT)
@@ -269,6 +278,20 @@ class ComfyLauncher:
             self._kill_group(proc, grace=2)
         with self._lock:
             if not self.is_alive() and self._state in (State.READY, State.STARTING):
+                self._state = State.DEFUNCT
+
+    def kill(self, min_age: float = 0.0) -> None:
+        """Kill a stuck ComfyUI now (SIGKILL to its group: a frozen process ignores SIGTERM) and
+        leave it DEFUNCT, so the next `ensure_running` starts a fresh one. Only a process that
+        has run `min_age` seconds: a younger one is already a restart."""
+        proc = self._proc
+        if proc is not None and time.monotonic() - (self.started_at or 0) < min_age:
+            return
+        if proc is not None and proc.poll() is None:
+            self._kill_group(proc, grace=0)
+            log.warning("comfy_killed", pid=proc.pid, status=proc.returncode)
+        with self._lock:
+            if self._state in (State.READY, State.STARTING):
                 self._state = State.DEFUNCT
 
     # ---- stop -------------------------------------------------------------------------

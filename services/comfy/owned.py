@@ -1,4 +1,5 @@
-"""A ComfyUI this process owns: started on first use, restarted after a crash.
+"""A ComfyUI this process owns: started on first use, restarted after a crash, when it stops
+answering, or when the stall watchdog gives up on it; jobs wait while it (re)starts.
 
 The serverless handler and the CLI run ComfyUI as their own child through the launcher; the
 Pod API does not (supervisord owns it there, see services/comfy/supervised.py).
@@ -33,6 +34,14 @@ class OwnedComfy:
 
     def report_crash(self) -> None:
         self.launcher.mark_defunct()
+
+    async def report_gpu_fault(self, fault: str) -> None:
+        await self.restart("gpu_fault", 0.0)
+
+    async def restart(self, reason: str, stuck_for: float) -> None:
+        # Under the start lock: a job asking for ComfyUI meanwhile waits, then starts a fresh one.
+        async with self._lock:
+            await asyncio.to_thread(self.launcher.kill, stuck_for)
 
     async def close(self) -> None:
         await self.client.close()

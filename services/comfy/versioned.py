@@ -36,6 +36,10 @@ class Started(Protocol):
 
     def report_crash(self) -> None: ...
 
+    async def restart(self, reason: str, stuck_for: float) -> None: ...
+
+    async def report_gpu_fault(self, fault: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -134,6 +138,14 @@ class VersionedComfy:
     def report_crash(self) -> None:
         if self._comfy is not None:
             self._comfy.report_crash()
+
+    async def report_gpu_fault(self, fault: str) -> None:
+        if self._comfy is not None:
+            await self._comfy.report_gpu_fault(fault)
+
+    async def restart(self, reason: str, stuck_for: float) -> None:
+        if self._comfy is not None:
+            await self._comfy.restart(reason, stuck_for)
 
     async def close(self) -> None:
         await self._stop()

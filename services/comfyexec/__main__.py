@@ -16,6 +16,7 @@ import time
 from services import config, logs
 from services.comfy.launcher import CHILD_UMASK, ComfyLauncher, child_env
 from services.errors import AppError
+from services.gpu import fault_latch
 from services.comfy import backoff
 from services.comfy import runtime as runtime_file
 from services.comfy.runtime import Runtime
@@ -47,6 +48,8 @@ def main() -> None:
         print(exc.one_line(), file=sys.stderr, flush=True)
         sys.exit(1)
     start_failure.clear(settings.run_dir)
+    # A new process has a fresh CUDA context: a fault latched on the old one no longer holds.
+    fault_latch.clear(settings.run_dir)
     delay = backoff.next_delay(settings.run_dir)
     if delay:
         log.warning("comfy_restart_backoff", seconds=delay)

@@ -8,6 +8,7 @@ H100), hex bitmasks, or with units when the header variant is used; all are norm
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import subprocess
@@ -128,21 +129,39 @@ def parse_apps(text: str) -> list[ComputeApp]:
 
 
 class ProbeFailed(Exception):
-    def __init__(self, state: str, reason: str):
+    def __init__(self, state: str, reason: str, hung: bool = False):
         super().__init__(reason)
-        self.state = state  # "absent" (no driver/tool) or "unknown" (it hung or failed)
+        self.state = state  # "absent" (no driver/tool), "degraded" (a lost GPU) or "unknown" (it hung or failed)
         self.reason = reason
+        self.hung = hung  # it did not answer in time (see state.escalate_hang)
+
+
+# nvidia-smi's documented exit status for "a GPU has fallen off the bus or has otherwise become
+# inaccessible" (Xid 79 and kin): not a question of the tool, the GPU is gone.
+_GPU_LOST_STATUS = 15
+_REAP_SECONDS = 1.0
 
 
 def run(command: list[str], timeout: float) -> str:
     """Run nvidia-smi with a hard deadline: a wedged driver must never block health checks."""
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         raise ProbeFailed("absent", "nvidia-smi not found (no NVIDIA driver)") from None
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ProbeFailed("unknown", f"nvidia-smi did not answer within {timeout:g} s") from None
+        # Killed, then waited for a moment only (subprocess.run waits for good): an nvidia-smi
+        # stuck inside a wedged driver sleeps uninterruptibly and outlives even SIGKILL, and
+        # waiting for it would freeze gpuwatch itself. subprocess reaps it later if it ever exits.
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(_REAP_SECONDS)
+        proc.stdout.close()
+        proc.stderr.close()
+        raise ProbeFailed("unknown", f"nvidia-smi did not answer within {timeout:g} s", hung=True) from None
     if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
-        raise ProbeFailed("unknown", f"nvidia-smi failed ({proc.returncode}): {message[0] if message else ''}")
-    return proc.stdout
+        message = (stderr or stdout).strip().splitlines()
+        reason = f"nvidia-smi failed ({proc.returncode}): {message[0] if message else ''}"
+        raise ProbeFailed("degraded" if proc.returncode == _GPU_LOST_STATUS else "unknown", reason)
+    return stdout

@@ -13,9 +13,14 @@ from typing import Any
 import psutil
 
 from services import atomic_file
-from services.gpu import nvidia_smi
+from services.gpu import faults, nvidia_smi
 
 FILENAME = "gpu.json"
+# How long nvidia-smi must hang on every probe before the GPU counts as `degraded`. One probe that
+# hangs is `unknown`: nvidia-smi can be slow (a driver without persistence mode initialises on
+# every call, a busy host), and /healthz must not fail on it. A wedged driver (Xid 79, a GPU that
+# fell off the bus) hangs it for good.
+HUNG_DEGRADED_AFTER = 60.0
 
 
 def probe(nvidia_smi_cmd: str, timeout: float, disk_paths: list[Path]) -> dict[str, Any]:
@@ -24,7 +29,13 @@ def probe(nvidia_smi_cmd: str, timeout: float, disk_paths: list[Path]) -> dict[s
         gpus = nvidia_smi.parse_gpus(nvidia_smi.run([nvidia_smi_cmd, *nvidia_smi.QUERY_GPU[1:]], timeout))
         apps = nvidia_smi.parse_apps(nvidia_smi.run([nvidia_smi_cmd, *nvidia_smi.QUERY_APPS[1:]], timeout))
     except nvidia_smi.ProbeFailed as exc:
-        snapshot.update(state=exc.state, reason=exc.reason, gpus=[], apps=[])
+        # A failure whose words name a GPU fault ("GPU is lost", "Driver/library version
+        # mismatch") is one, whatever its exit status.
+        fault = faults.classify(exc.reason)
+        degraded = fault is not None and fault.code == "gpu_fault"
+        snapshot.update(state="degraded" if degraded else exc.state, reason=exc.reason, gpus=[], apps=[])
+        if exc.hung:
+            snapshot["hung"] = True
         return snapshot
     except ValueError as exc:
         snapshot.update(state="unknown", reason=f"unreadable nvidia-smi output: {exc}", gpus=[], apps=[])
@@ -34,6 +45,18 @@ def probe(nvidia_smi_cmd: str, timeout: float, disk_paths: list[Path]) -> dict[s
                     reason="; ".join(problems) if problems else ("" if gpus else "no GPU listed"),
                     gpus=[g.as_dict() for g in gpus], apps=[a.__dict__ for a in apps])
     return snapshot
+
+
+def escalate_hang(snapshot: dict[str, Any], hung_since: float | None) -> float | None:
+    """Mark `snapshot` `degraded` once every probe has hung for HUNG_DEGRADED_AFTER seconds;
+    returns when the hanging began (the next call's `hung_since`), None after a probe answered."""
+    if not snapshot.get("hung"):
+        return None
+    since = snapshot["checked_at"] if hung_since is None else hung_since
+    hung_for = snapshot["checked_at"] - since
+    if hung_for >= HUNG_DEGRADED_AFTER:
+        snapshot.update(state="degraded", reason=f"{snapshot['reason']}, on every probe for {hung_for:.0f} s")
+    return since
 
 
 def host_stats(disk_paths: list[Path]) -> dict[str, Any]:

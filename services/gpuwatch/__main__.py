@@ -1,6 +1,7 @@
 """The `gpuwatch` program: probes the GPUs and the host every GPU_POLL_INTERVAL seconds and
 publishes a snapshot for /healthz (services/gpu/state.py). A probe that hangs is cut off after
-GPU_PROBE_TIMEOUT, so a wedged driver shows as `unknown` instead of freezing health checks.
+GPU_PROBE_TIMEOUT, so a wedged driver shows as `unknown` instead of freezing health checks, and
+as `degraded` once nvidia-smi has hung on every probe for a minute (state.escalate_hang).
 """
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     disks = [settings.data_root, settings.models_dir]
     last_state = None
+    hung_since = None
     log.info("gpuwatch_started", interval=settings.gpu_poll_interval)
     while not stop.is_set():
         snapshot = state.probe(settings.nvidia_smi, settings.gpu_probe_timeout, disks)
+        hung_since = state.escalate_hang(snapshot, hung_since)
         state.write(settings.run_dir, snapshot)
         if snapshot["state"] != last_state:
             log.info("gpu_state", state=snapshot["state"], reason=snapshot.get("reason", ""))

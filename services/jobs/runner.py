@@ -1,9 +1,14 @@
 """The job runner: one job = version + workflow + output mode, from payload to delivered result.
 
 validate -> (dry run ends here) -> ComfyUI ready -> check file inputs -> upload inputs ->
-submit -> wait (timeout, cancel) -> collect outputs -> deliver -> remove the job's files. Pod API,
-serverless handler and CLI all run jobs through this one class; what differs between them is the
-`ComfyProvider` (who owns ComfyUI) and the deliveries they configure.
+submit -> wait (timeout, cancel, stall watchdog) -> collect outputs -> deliver -> remove the job's
+files. Pod API, serverless handler and CLI all run jobs through this one class; what differs
+between them is the `ComfyProvider` (who owns ComfyUI) and the deliveries they configure.
+
+ComfyUI restarts are routine on GPUs (a crashing node, a driver fault, the stall watchdog): the
+provider makes a job wait while ComfyUI comes back, and a job whose prompt died with ComfyUI
+is submitted again, up to `JOB_MAX_ATTEMPTS` attempts in all, so only a job that brings
+ComfyUI down every time fails (and the next job, after one more restart, runs).
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ log = logs.get("jobs.runner")
 
 MAX_INPUT_IMAGE_BYTES = 64 * 2**20
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # a job id names the job's folders
+# The prompt died with ComfyUI, or ComfyUI went away before it was queued: another attempt may
+# succeed once ComfyUI is back. A gpu_fault is not among them: the GPU, not the job, is broken.
+RETRYABLE = ("comfy_crashed", "comfy_stalled", "comfy_unreachable")
 
 
 class Stopwatch:
@@ -92,9 +100,11 @@ class JobRunner:
     async def run(self, payload: Any, *, job_id: str | None = None,
                   on_progress: ProgressCallback | None = None,
                   on_submitted: Callable[[str], Awaitable[None] | None] | None = None,
-                  resume_prompt_id: str | None = None) -> dict[str, Any]:
+                  resume_prompt_id: str | None = None, attempts: int = 0,
+                  on_attempt: Callable[[int], Awaitable[None] | None] | None = None) -> dict[str, Any]:
         """Run one job. `resume_prompt_id`: the job's prompt was submitted by a worker that died;
-        wait on it if ComfyUI still has it, else submit the job again."""
+        wait on it if ComfyUI still has it, else submit the job again. `attempts`: how often the
+        job was handed to ComfyUI before (stored with a Pod job); `on_attempt(n)` is told each new one."""
         watch = Stopwatch()
         job_id = job_id or uuid.uuid4().hex
         if not _JOB_ID_RE.fullmatch(job_id):
@@ -106,17 +116,29 @@ class JobRunner:
         await self._models_present(spec)
         watch.lap("models")
 
-        comfy = await self.provider.client_for(spec)
-        in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
-        watch.lap("comfy_ready")
-        try:
-            result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress, on_submitted,
-                                         resume_prompt_id)
-        except AppError as exc:
-            exc.extra.setdefault("comfy_version", in_use)
-            raise
-        finally:
-            self.provider.release()
+        while True:
+            comfy = await self.provider.client_for(spec)  # waits while ComfyUI (re)starts
+            in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
+            watch.lap("comfy_ready")
+            if resume_prompt_id is None:  # adopting a dead worker's prompt is no new attempt
+                attempts += 1
+                await _call(on_attempt, attempts)
+            try:
+                result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress,
+                                             on_submitted, resume_prompt_id)
+                break
+            except AppError as exc:
+                if exc.prefix in RETRYABLE and attempts < self.settings.job_max_attempts:
+                    log.warning("job_retry", job_id=job_id, error=exc.code, attempt=attempts,
+                                max_attempts=self.settings.job_max_attempts)
+                    resume_prompt_id = None
+                    continue
+                exc.extra.setdefault("comfy_version", in_use)
+                if attempts > 1:
+                    exc.extra.setdefault("attempts", attempts)
+                raise
+            finally:
+                self.provider.release()
         if not self.settings.no_history:
             result["comfy_version"] = in_use
         return result
@@ -151,11 +173,9 @@ class JobRunner:
             prompt_id = await comfy.submit(prompt)
             watch.lap("submit")
             log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)
-            if on_submitted is not None:
-                result = on_submitted(prompt_id)
-                if asyncio.iscoroutine(result):
-                    await result
-            outcome = await self._wait(comfy, prompt_id, prompt, request.timeout, on_progress)
+            await _call(on_submitted, prompt_id)
+            outcome = await self._wait(comfy, prompt_id, prompt, request.timeout, on_progress,
+                                       stall_timeout=self._stall_timeout(spec))
         watch.lap("execute")
 
         if self.settings.no_history:
@@ -204,11 +224,15 @@ class JobRunner:
             log.info("job_resubmitted", prompt_id=prompt_id)
             return None
 
+    def _stall_timeout(self, spec: VersionSpec) -> float:
+        return spec.stall_timeout if spec.stall_timeout is not None else self.settings.stall_timeout
+
     async def _wait(self, comfy: ComfyClient, prompt_id: str, prompt: dict, timeout: float,
-                    on_progress: ProgressCallback | None, adopted: bool = False):
+                    on_progress: ProgressCallback | None, adopted: bool = False, stall_timeout: float = 0.0):
         try:
             async with asyncio.timeout(timeout):
-                return await comfy.wait(prompt_id, prompt=prompt, on_progress=on_progress, adopted=adopted)
+                return await comfy.wait(prompt_id, prompt=prompt, on_progress=on_progress, adopted=adopted,
+                                        stall_timeout=stall_timeout)
         except TimeoutError:
             await comfy.cancel(prompt_id)
             raise AppError("job_timeout", f"the job ran longer than {timeout:g} s and was interrupted",
@@ -218,9 +242,31 @@ class JobRunner:
             await asyncio.shield(comfy.cancel(prompt_id))
             raise
         except AppError as exc:
-            if exc.prefix == "comfy_crashed":
+            if exc.prefix == "comfy_stalled":
+                await self._recover_stall(comfy, prompt_id, stall_timeout)
+            elif exc.prefix == "comfy_crashed":
                 self.provider.report_crash()
+            elif exc.prefix == "gpu_fault":
+                await asyncio.shield(self.provider.report_gpu_fault(exc.extra.get("fault") or exc.detail))
             raise
+
+    async def _recover_stall(self, comfy: ComfyClient, prompt_id: str, stall_timeout: float) -> None:
+        """Interrupt a stalled prompt; a ComfyUI that does not end it within STALL_GRACE (a node
+        that ignores interrupts, a frozen process) is restarted, or it would stall every job after."""
+        grace = self.settings.stall_grace
+        try:
+            async with asyncio.timeout(grace):
+                await comfy.cancel(prompt_id)
+                await comfy.wait(prompt_id)
+            log.warning("comfy_stall_interrupted", prompt_id=prompt_id)
+            return
+        except TimeoutError:
+            pass
+        except AppError as exc:  # it ended (interrupted, failed, lost): ComfyUI is free again
+            log.warning("comfy_stall_interrupted", prompt_id=prompt_id, ended=exc.prefix)
+            return
+        log.error("comfy_stall_restart", prompt_id=prompt_id, grace=grace)
+        await self.provider.restart("stalled", stuck_for=stall_timeout)
 
     async def _forget(self, comfy: ComfyClient, prompt_id: str) -> None:
         try:
@@ -257,3 +303,11 @@ class JobRunner:
         if not data:
             raise AppError("invalid_input_image", f"{image.name}: image is empty", suffix=image.name)
         return data
+
+
+async def _call(callback: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+    """Run a hook that may be sync or async."""
+    if callback is not None:
+        result = callback(*args)
+        if asyncio.iscoroutine(result):
+            await result

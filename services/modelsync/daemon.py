@@ -32,6 +32,7 @@ from services.net.policy import FetchPolicy
 from services.store.db import Database
 from services.store.downloads import Download, DownloadStore
 from services.versions.spec import ModelSpec, SpecStore
+from services.store.states import ACTIVE
 
 log = logs.get("modelsync")
 
@@ -67,7 +68,7 @@ class ModelSync:
             log.info("modelsync_resume_dead_owner", dead_owner=dead)
         wanted = {target.path for _, target in self._active_models()}
         for row in self.downloads.list(PENDING_SCAN):
-            if row.state in ("queued", "running"):
+            if row.state in ACTIVE:
                 try:
                     wanted.add(Target.of(download_root(self.settings), row.type, row.filename).path)
                 except AppError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services import atomic_file
+from services.errors import CATALOGUE, AppError
 
 FILENAME = "comfy-start-failure.txt"
 
@@ -29,3 +30,12 @@ def read(run_dir: Path) -> str | None:
         return (run_dir / FILENAME).read_text() or None
     except OSError:
         return None
+
+
+def as_error(line: str) -> AppError:
+    """The recorded line (`<code>: <detail>`) as the error a job waiting for ComfyUI gets."""
+    code, _, detail = line.partition(": ")
+    prefix, _, suffix = code.partition(":")
+    if prefix not in CATALOGUE:
+        return AppError("comfy_init_failed", line, suffix="exited")
+    return AppError(prefix, detail, suffix=suffix or None)

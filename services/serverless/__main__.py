@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 
 from services import config, logs
+from services.serverless.signals import ShutdownSignals
 from services.serverless.worker import Worker
 
 
@@ -18,21 +18,19 @@ def main() -> None:
     settings = config.load_or_exit()
     logs.configure_from(settings)
     worker = Worker(settings)
-    # SIGTERM (RunPod through tini, tests) would kill the process outright and leave its ComfyUI
-    # child, in a session of its own, running: exit through the `finally` below instead. The
-    # SDK's production loop and its local API (uvicorn) take SIGTERM over while they run; the
-    # loop then returns, and uvicorn raises the signal again here once it has stopped.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signals = ShutdownSignals(worker)  # SIGTERM and SIGINT: see services/serverless/signals.py
+    signals.install()
     try:
         worker.warm_up()  # ComfyUI starts while the SDK below is still importing
-        _serve(worker, settings)
+        _serve(worker, settings, signals)
     finally:
+        signals.hold()
         # Here, not at exit (atexit): once the interpreter winds down no thread can be started,
         # and stopping ComfyUI needs one.
         worker.shutdown()
 
 
-def _serve(worker: Worker, settings) -> None:
+def _serve(worker: Worker, settings, signals: ShutdownSignals) -> None:
     # The SDK reads its level from the environment at import; DEBUG would log job outputs.
     os.environ["RUNPOD_DEBUG_LEVEL"] = settings.runpod_debug_level.upper()
     import runpod
@@ -41,6 +39,7 @@ def _serve(worker: Worker, settings) -> None:
         worker.send_progress = runpod.serverless.progress_update
 
     async def handler(job):
+        signals.adopt_sdk_handlers()  # the SDK's loop runs, its signal handlers are in place
         future = worker.submit(worker.handle(job))
         try:
             return await asyncio.wrap_future(future)
@@ -49,10 +48,6 @@ def _serve(worker: Worker, settings) -> None:
             raise
 
     runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
-
-
-def _exit_on_signal(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ its first millisecond, so ComfyUI starts warming up before the RunPod SDK has ev
 importing, and nothing depends on which loop (if any) the SDK calls the handler from.
 A failed start never kills the worker: the job that needed ComfyUI gets
 `comfy_init_failed:<reason>`, and the next job tries again. When ComfyUI or the GPU looks
-broken beyond repair the result asks RunPod to replace this worker (`refresh_worker`).
+broken beyond repair the result asks RunPod to replace this worker (`refresh_worker`). Once a
+shutdown begins (SIGTERM, see services/serverless/signals.py) jobs get `SHUTDOWN_GRACE` seconds
+more, then are interrupted and answer `worker_shutdown`.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import re
 import threading
 import time
@@ -32,12 +35,16 @@ from services.comfy.versioned import VersionedComfy
 log = logs.get("serverless")
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Codes that may mean a broken worker, or a bad moment: replace it when they repeat or nvidia-smi
+# agrees (the catalogue's fatal codes need no second look, see _failure).
 _BROKEN = ("comfy_crashed", "comfy_init_failed", "comfy_unreachable")
 FAILURES_BEFORE_REFRESH = 2
 PROGRESS_EVERY_SECONDS = 1.0
 
 
 class Worker:
+    broken_by: AppError | None = None  # the fatal error that ended this worker's usefulness (_failure)
+
     def __init__(self, settings, send_progress: Callable[[dict, dict], None] | None = None):
         self.settings = settings
         self.send_progress = send_progress
@@ -48,6 +55,8 @@ class Worker:
         self.runner = JobRunner(settings, self.specs, self.provider)
         self.replays = ReplayCache(settings.envelope_max_age)
         self.broken_in_a_row = 0
+        self._shutdown_at: float | None = None  # loop time at which running jobs are interrupted
+        self._job_timeouts: set[asyncio.Timeout] = set()
 
     def submit(self, coro: Coroutine) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -75,6 +84,39 @@ class Worker:
         self.provider.release()
         log.info("warm_up_done", version_id=version_id, seconds=round(time.monotonic() - started, 2))
 
+    # ---- shutdown -------------------------------------------------------------------------
+    def begin_shutdown(self, reason: str) -> None:
+        """Give running and later jobs `SHUTDOWN_GRACE` seconds from now. Safe from any thread
+        and from a signal handler; only the first call counts."""
+        self.loop.call_soon_threadsafe(self._begin_shutdown, reason)
+
+    def _begin_shutdown(self, reason: str) -> None:
+        if self._shutdown_at is not None:
+            return
+        grace = self.settings.shutdown_grace
+        self._shutdown_at = self.loop.time() + grace
+        for timeout in self._job_timeouts:
+            timeout.reschedule(self._shutdown_at)
+        log.info("shutdown_begun", reason=reason, grace=grace, running_jobs=len(self._job_timeouts))
+
+    @contextlib.asynccontextmanager
+    async def _until_shutdown(self, job_id: str):
+        """No limit until a shutdown begins, then its grace. Expiry cancels the job's task, which
+        interrupts the prompt in ComfyUI like a RunPod cancel does (services/jobs/runner.py)."""
+        timeout = asyncio.timeout_at(self._shutdown_at)
+        self._job_timeouts.add(timeout)
+        try:
+            async with timeout:
+                yield
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            log.warning("job_interrupted_by_shutdown", job_id=job_id)
+            raise AppError("worker_shutdown", f"the worker is stopping; the job was interrupted after the "
+                                              f"{self.settings.shutdown_grace:g} s grace") from None
+        finally:
+            self._job_timeouts.discard(timeout)
+
     def shutdown(self, timeout: float = 15.0) -> None:
         try:
             self.submit(self._close()).result(timeout)
@@ -83,6 +125,12 @@ class Worker:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
     async def _close(self) -> None:
+        # What still runs ends first (a warm-up, when the signal came during start-up): a task
+        # left pending when the loop stops would only be destroyed, noisily, at exit.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         await self.runner.close()
         await self.provider.close()
 
@@ -91,10 +139,19 @@ class Worker:
         """RunPod job -> result dict, never an exception (RunPod would ship its traceback)."""
         job_id = job.get("id") if isinstance(job.get("id"), str) and _JOB_ID_RE.fullmatch(job["id"]) else uuid.uuid4().hex
         opened = OpenedPayload(None, None)  # until the envelope is open, errors carry no payload
+        if self.broken_by is not None:
+            # A fatal error (a sticky CUDA fault) left this worker unable to run any job: refuse at
+            # once, before the payload is opened, until RunPod replaces the worker. Only the fixed
+            # `fault` name travels, nothing of the job that met it.
+            fault = self.broken_by.extra.get("fault")
+            return self._failure(AppError(self.broken_by.prefix, f"an earlier job on this worker failed with "
+                                          f"{self.broken_by.prefix} ({fault}); it runs no more jobs",
+                                          extra={"fault": fault}), opened)
         try:
             opened = open_payload(job.get("input"), self.settings)
             self.replays.accept(opened)
-            result = await self.runner.run(opened.payload, job_id=job_id, on_progress=self._progress(job))
+            async with self._until_shutdown(job_id):
+                result = await self.runner.run(opened.payload, job_id=job_id, on_progress=self._progress(job))
         except AppError as exc:
             return self._failure(exc, opened)
         except Exception as exc:  # a bug must still answer with a code, and keep the worker
@@ -108,7 +165,13 @@ class Worker:
         # the rest (node_errors, detail) stays in `output` for the workers that read it. For an
         # encrypted job the string is the bare code and everything else is sealed in `output`.
         answer = opened.error(exc) if opened.encrypted else {**exc.as_dict(), "error": exc.one_line()}
-        if exc.prefix in _BROKEN:
+        if exc.fatal:
+            # The catalogue's fatal codes (gpu_fault: the CUDA context is corrupt until the process
+            # ends) break the worker at the first occurrence: replace it now, refuse jobs till then.
+            self.broken_by = self.broken_by or exc
+            log.error("refresh_worker", error=exc.code, fault=exc.extra.get("fault"))
+            answer["refresh_worker"] = True
+        elif exc.prefix in _BROKEN:
             self.broken_in_a_row += 1
             gpu = gpu_state.probe(self.settings.nvidia_smi, self.settings.gpu_probe_timeout, [])
             if gpu["state"] in ("degraded", "unknown") or self.broken_in_a_row >= FAILURES_BEFORE_REFRESH:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from services.net.target import public_url
 from services.store import leases
 from services.store.db import Database
+from services.store.states import DownloadState
 
 LEASE_SECONDS = 30.0
 MAX_ATTEMPTS = 5
@@ -102,15 +103,15 @@ class DownloadStore:
                                 bytes_total=bytes_total, updated_at=time.time())
 
     def finish(self, owner: str, download_id: str, *, path: str, sha256: str, size: int) -> None:
-        self._end(owner, download_id, "done", path=path, sha256=sha256, bytes_done=size, bytes_total=size)
+        self._end(owner, download_id, DownloadState.DONE, path=path, sha256=sha256, bytes_done=size, bytes_total=size)
 
     def fail(self, owner: str, download_id: str, error: str, detail: str) -> None:
-        self._end(owner, download_id, "failed", error=error, detail=detail)
+        self._end(owner, download_id, DownloadState.FAILED, error=error, detail=detail)
 
     def _end(self, owner: str, download_id: str, state: str, **fields) -> None:
         leases.end(self.db, "downloads", owner, download_id, state, updated_at=time.time(), **fields)
 
     def _fail_exhausted(self) -> None:
         for row in leases.exhausted(self.db, "downloads", LEASE_SECONDS, MAX_ATTEMPTS):
-            self._end(row["owner"], row["id"], "failed", error="download_failed:worker_died",
+            self._end(row["owner"], row["id"], DownloadState.FAILED, error="download_failed:worker_died",
                       detail=f"the download worker died {row['attempts']} times on this file")

@@ -17,12 +17,32 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from services.errors import AppError
 from services.store import leases
 from services.store.db import Database
+from services.store.states import JobState
 
 LEASE_SECONDS = 15.0
 MAX_ATTEMPTS = 3
-TERMINAL = ("succeeded", "failed", "cancelled")
+# What QUEUE_MAX_JOBS bounds. The jobs_state index covers it: a search of the active rows only,
+# however many finished jobs the table holds.
+_COUNT_ACTIVE = "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')"
+
+
+class QueueFull(AppError):
+    """QUEUE_MAX_JOBS is reached: the job was not stored."""
+
+    def __init__(self, active: int, limit: int):
+        super().__init__("queue_full", f"{active} jobs are queued or running; this Pod takes at most {limit} "
+                                       "(QUEUE_MAX_JOBS)")
+        self.active, self.limit = active, limit
+
+
+def _check_room(conn, limit: int) -> None:
+    if limit:
+        active = conn.execute(_COUNT_ACTIVE).fetchone()[0]
+        if active >= limit:
+            raise QueueFull(active, limit)
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,7 @@ class Job:
     detail: str | None
     owner: str | None
     attempts: int
+    comfy_attempts: int
     cancel_requested: int
     created_at: float
     started_at: float | None
@@ -47,7 +68,8 @@ class Job:
         view: dict[str, Any] = {"job_id": self.id, "state": self.state, "progress": self.progress,
                                 "version_id": self.version_id, "prompt_id": self.prompt_id,
                                 "created_at": self.created_at, "started_at": self.started_at,
-                                "finished_at": self.finished_at, "attempts": self.attempts}
+                                "finished_at": self.finished_at, "attempts": self.attempts,
+                                "comfy_attempts": self.comfy_attempts}
         if self.result is not None:
             view["result"] = json.loads(self.result)
         if self.error is not None:
@@ -64,11 +86,14 @@ class JobStore:
         self.db = db
 
     def create(self, payload: str, *, job_id: str | None = None, owner: str | None = None,
-               version_id: str | None = None) -> tuple[Job, bool]:
+               version_id: str | None = None, limit: int = 0) -> tuple[Job, bool]:
         """Insert a job; with `owner` it starts out running (a synchronous request runs it at once).
 
         Returns (job, created). A client-chosen `job_id` that exists already returns that job,
-        so retrying a request after a lost connection never runs it twice.
+        so retrying a request after a lost connection never runs it twice, even when the queue is
+        full. Otherwise, with `limit` jobs queued or running, raises QueueFull and stores nothing;
+        counted inside the write transaction, so API workers racing for the last slot cannot
+        overshoot it.
         """
         new_id = job_id or uuid.uuid4().hex
         now = time.time()
@@ -76,7 +101,8 @@ class JobStore:
             existing = conn.execute("SELECT * FROM jobs WHERE id = ?", (new_id,)).fetchone()
             if existing is not None:
                 return _job(existing), False
-            state = "running" if owner else "queued"
+            _check_room(conn, limit)
+            state = JobState.RUNNING if owner else JobState.QUEUED
             conn.execute("INSERT INTO jobs (id, state, payload, version_id, owner, heartbeat_at, attempts,"
                          " created_at, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (new_id, state, payload, version_id, owner, now if owner else None,
@@ -93,6 +119,17 @@ class JobStore:
         else:
             rows = self.db.read("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
         return [_job(r) for r in rows]
+
+    def active(self) -> int:
+        """Jobs queued or running."""
+        return self.db.read(_COUNT_ACTIVE)[0][0]
+
+    def check_room(self, limit: int, job_id: str | None = None) -> None:
+        """Raise QueueFull when `create` would refuse a new job now, unless `job_id` exists (a retry).
+
+        Advisory: the answer may change before `create`, which checks again."""
+        if limit and (job_id is None or self.get(job_id) is None):
+            _check_room(self.db.connection(), limit)
 
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self.db.read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
@@ -118,9 +155,9 @@ class JobStore:
         return {r["id"] for r in rows}
 
     def finish(self, owner: str, job_id: str, result: Any) -> bool:
-        return self._end(owner, job_id, "succeeded", result=json.dumps(result), progress=100.0)
+        return self._end(owner, job_id, JobState.SUCCEEDED, result=json.dumps(result), progress=100.0)
 
-    def fail(self, owner: str, job_id: str, error: str, detail: str | None, state: str = "failed",
+    def fail(self, owner: str, job_id: str, error: str, detail: str | None, state: str = JobState.FAILED,
              sealed: dict[str, Any] | None = None) -> bool:
         """`sealed`: the sealed error of an encrypted job; then `error` is the bare code prefix."""
         fields = {"result": json.dumps(sealed)} if sealed is not None else {}
@@ -140,5 +177,5 @@ class JobStore:
 
     def _fail_exhausted(self) -> None:
         for row in leases.exhausted(self.db, "jobs", LEASE_SECONDS, MAX_ATTEMPTS):
-            self._end(row["owner"], row["id"], "failed", error="worker_lost",
+            self._end(row["owner"], row["id"], JobState.FAILED, error="worker_lost",
                       detail=f"the worker running this job died {row['attempts']} times")

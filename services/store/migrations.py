@@ -115,6 +115,10 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         "CREATE INDEX IF NOT EXISTS envelopes_seen ON envelopes(seen_at)",
     )),
+    # Times the job was handed to ComfyUI (JOB_MAX_ATTEMPTS), apart from `attempts`, the times
+    # a worker claimed it: a job whose prompt died with ComfyUI is submitted again, and the count
+    # survives its worker, so a job that crashes ComfyUI every time is not retried forever.
+    Migration(4, "jobs.comfy_attempts", _add_column("jobs", "comfy_attempts", "INTEGER NOT NULL DEFAULT 0")),
 )
 LATEST = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1)), "migrations are numbered 1, 2, ..."

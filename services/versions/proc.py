@@ -1,10 +1,11 @@
 """Running git and pip for an installer: output captured, children that die with it.
 
 An installer killed with SIGKILL cannot stop its children, and an orphaned pip would go on
-writing into a build folder the next installer is deleting. PR_SET_PDEATHSIG makes the kernel
-kill each child when the installer dies. Credentials in URLs (`https://user:token@host`) are
-masked before any tool output reaches an error detail or a log. The tools run without the
-appliance's secrets: pip executes the build code of whatever a version requires.
+writing into a build folder the next installer is deleting: each child dies with the installer
+(services/proc_death.py; the calling thread waits for the tool, so any thread may start it).
+Credentials in URLs (`https://user:token@host`) are masked before any tool output reaches an
+error detail or a log. The tools run without the appliance's secrets: pip executes the build
+code of whatever a version requires.
 
 `run` captures a quick tool's output; `stream` hands a long one's lines (pip installing torch
 for minutes) to a callback as they come, so the user sees what it is doing.
@@ -12,31 +13,18 @@ for minutes) to a callback as they come, so the user sees what it is doing.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
 
 from services import secret_env
+from services.proc_death import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # git's sideband leaves NULs and \r in its output
 _TAIL_CHARS = 600
-
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _prctl = _libc.prctl
-except (OSError, AttributeError):  # not Linux: children may outlive a killed installer
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _tool_env() -> dict[str, str]:
@@ -62,7 +50,7 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, st
     try:
         done = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**_tool_env(), **(env or {})},
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=die_with_parent())
     except subprocess.TimeoutExpired:
         raise ToolFailed(-1, f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s") from None
     except OSError as exc:
@@ -80,7 +68,7 @@ def stream(cmd: Sequence[str | Path], on_line: Callable[[str], None]) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=40)
     try:
         child = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, env=_tool_env(), preexec_fn=_die_with_parent)
+                                 stderr=subprocess.STDOUT, env=_tool_env(), preexec_fn=die_with_parent())
     except OSError as exc:
         raise ToolFailed(-1, f"cannot run {cmd[0]}: {exc.strerror}") from None
     with child:

@@ -62,6 +62,7 @@ class VersionSpec:
     workflow: dict[str, Any] | None
     path: Path
     raw: dict[str, Any] = field(repr=False, compare=False)
+    stall_timeout: float | None = None  # None: STALL_TIMEOUT
 
 
 def check_version_id(version_id: Any) -> str:
@@ -152,5 +153,6 @@ class SpecStore:
             allow_base_overrides=tuple(python.get("allow_base_overrides", ())),
             workflow=raw.get("workflow"),
             path=path,
+            stall_timeout=raw.get("stall_timeout"),
             raw=raw,
         )

@@ -1,6 +1,6 @@
-"""Test-only nodes (category `_standin`) that make a run slow, fail, or kill the process.
+"""Test-only nodes (category `_standin`) that make a run slow, hang, fail, or kill the process.
 
-All three are output nodes, so a prompt made of one of them alone is valid, and all take
+All four are output nodes, so a prompt made of one of them alone is valid, and all take
 an optional `images` input so they can sit behind image nodes. They are never served
 from the cache: each run really sleeps, raises or exits (as a ComfyUI node whose
 IS_CHANGED returns a new value every time).
@@ -8,6 +8,9 @@ IS_CHANGED returns a new value every time).
 - StandinSleep(seconds: FLOAT, steps: INT = 10, images: IMAGE?) -> IMAGE
   Sleeps `seconds` in `steps` equal slices and reports a `progress` event per slice.
   `/interrupt` stops it between slices. Outputs `images`, or one 8x8 black image.
+- StandinHang(seconds: FLOAT, images: IMAGE?) -> IMAGE
+  Blocks `seconds` in one call that reports nothing and ignores `/interrupt`, like a node stuck
+  in a CUDA call or a deadlock (the stall watchdog's case). Outputs like StandinSleep.
 - StandinRaise(message: STRING, images: IMAGE?) -> nothing
   Raises RuntimeError(message), so the run ends in `execution_error`.
 - StandinExit(code: INT, images: IMAGE?) -> nothing
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 
 from .images import ImageBatch
@@ -59,6 +63,23 @@ class StandinSleep(_StandinNode):
         return NodeResult((images if images is not None else ImageBatch.blank(8, 8, 1),))
 
 
+class StandinHang(_StandinNode):
+    name = "StandinHang"
+    description = "Test stand-in: blocks without progress, ignoring interrupts."
+    outputs = ("IMAGE",)
+
+    @classmethod
+    def input_types(cls, paths):
+        return {
+            "required": {"seconds": ["FLOAT", {"default": 60.0, "min": 0.0, "max": 3600.0, "step": 0.01}]},
+            "optional": {"images": ["IMAGE"]},
+        }
+
+    def run(self, ctx, seconds, images=None):
+        time.sleep(seconds)  # not ctx.sleep: an interrupt must not end it
+        return NodeResult((images if images is not None else ImageBatch.blank(8, 8, 1),))
+
+
 class StandinRaise(_StandinNode):
     name = "StandinRaise"
     description = "Test stand-in: fails with RuntimeError(message)."
@@ -92,4 +113,4 @@ class StandinExit(_StandinNode):
         os._exit(code)
 
 
-NODES = (StandinSleep, StandinRaise, StandinExit)
+NODES = (StandinSleep, StandinHang, StandinRaise, StandinExit)
