@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv run test test-image test-engine test-real bench clean
+.PHONY: venv run test test-image test-engine test-browser test-real bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) -m services.pod
 
-test: venv test-engine
+test: venv test-engine test-browser
 	$(PY) -m pytest -q
 
 # Only the image test: builds docker/Dockerfile in a private Docker engine and runs both modes.
@@ -26,6 +26,10 @@ test-image: venv test-engine
 
 test-engine:
 	@scripts/install_test_engine.sh
+
+# Headless Chromium for the status page's browser test (tests/test_status_page.py).
+test-browser:
+	@scripts/install_test_browser.sh
 
 # The ComfyUI-facing tests against a real ComfyUI checkout instead of the stand-in:
 #   make test-real COMFYUI_DIR=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/its/python]

@@ -11,8 +11,13 @@ import os
 
 from services.api.exposure import check_bind_or_exit
 from services.config import load_or_exit
+from services.startup_ledger import Ledger
 
+# The `api` program's start-up ledger, kept by the master (services/startup_ledger.py).
+_ledger = Ledger("api")
 _settings = load_or_exit()
+_ledger.mark("settings_loaded")
+_ledger.persist(_settings.run_dir)
 check_bind_or_exit(_settings)  # closed by default: no token, no public address
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
@@ -31,3 +36,7 @@ accesslog = None
 errorlog = "-"
 loglevel = "warning" if _settings.log_silent else "info"
 proc_name = "appliance-api"
+
+
+def when_ready(server):
+    _ledger.mark("listening")  # the master's sockets are bound; workers boot from here

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from services.errors import AppError
 from services.outputs import gcs_names
 from services.net.policy import parse_allow_hosts
+from services.net.target import parse_target
+from services.webhooks.signing import parse_secret
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("local", "image")
@@ -110,6 +113,16 @@ def parse_hosts(raw: str) -> tuple[str, ...]:
         if not re.fullmatch(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[?[0-9A-Fa-f:.]+\]?", host):
             raise ValueError(f"{host!r} is not a host name, *.suffix or *")
     return hosts
+
+
+def parse_url(raw: str) -> str:
+    """An http(s) URL as the fetch policy parses it (WEBHOOK_URL); where it points is checked at use."""
+    value = raw.strip()
+    try:
+        parse_target(value)
+    except AppError as exc:  # url_forbidden:scheme|userinfo|invalid
+        raise ValueError(exc.detail) from None
+    return value
 
 
 def parse_bucket(raw: str) -> str:
@@ -290,17 +303,28 @@ SETTINGS: tuple[Setting, ...] = (
             "without it Pod mode refuses to start.", group="api"),
     Setting("api_port", ("API_PORT",), parse_port, 8000, 8000, "Port the Pod API binds.", group="api"),
     Setting("api_token", ("API_TOKEN",), parse_str, "", "",
-            "When set, every API route but /healthz, /readyz and /openapi.json needs `Authorization: Bearer <token>` "
+            "When set, every API route but /healthz, /readyz, /openapi.json and the pages (`/`, `/docs`) needs "
+            "`Authorization: Bearer <token>` or the status page's session cookie (`POST /session`) "
             "(and /healthz and /readyz show their details only with it).", secret=True, group="api"),
+    Setting("api_session_ttl", ("API_SESSION_TTL",), at_least(60), 43200, 43200,
+            "Seconds the status page's login (`POST /session`) lasts: its session cookie, which stands for "
+            "`API_TOKEN` on every route, expires then.", group="api"),
     Setting("allow_unauthenticated", ("ALLOW_UNAUTHENTICATED",), parse_bool, False, False,
             "`1`: serve a non-loopback `API_HOST` without `API_TOKEN` (anyone who reaches the port may run "
             "jobs). Without it such a start is refused.", group="api"),
+    Setting("metrics_public", ("METRICS_PUBLIC",), parse_bool, False, False,
+            "`1`: serve `GET /metrics` without `API_TOKEN` (for a Prometheus that cannot send a bearer token). "
+            "The metrics name versions, programs and GPUs, nothing of any job's payload.", group="api"),
     Setting("api_allowed_hosts", ("API_ALLOWED_HOSTS",), parse_hosts, (), ("*.proxy.runpod.net",),
             "Host names the API answers besides loopback (`127.0.0.1`, `localhost`, `[::1]`), the bound "
             "address and the Pod's own proxy name: names, `*.suffix` patterns or `*` (any), space separated. "
             "Other `Host` headers get 421 `host_not_allowed` (DNS rebinding).", group="api"),
     Setting("runpod_pod_id", ("RUNPOD_POD_ID",), parse_str, "", "",
             "Set by RunPod on Pods: the API also answers `<id>-<API_PORT>.proxy.runpod.net`.", group="api"),
+    Setting("comfy_ui_proxy", ("COMFY_UI_PROXY",), parse_bool, False, False,
+            "`1`: Pod mode serves ComfyUI's own web UI (the graph editor) at `/comfy/` on the API port, behind "
+            "the API's token or session, HTTP and websocket, while ComfyUI itself stays on loopback. Off: "
+            "`/comfy/` is 404.", group="api"),
     Setting("worker_private_key_b64", ("WORKER_PRIVATE_KEY_B64",), parse_str, "", "",
             "Curve25519 private key (base64) that opens encrypted payloads.", secret=True, group="security"),
     Setting("encryption_required", ("ENCRYPTION_REQUIRED",), parse_bool, False, False,
@@ -343,6 +367,26 @@ SETTINGS: tuple[Setting, ...] = (
             "Jobs the Pod holds queued or running, all API workers together; at this many `/run` answers 503 "
             "`queue_full` with `Retry-After` and stores nothing, and `/readyz` says not ready. `0`: no bound.",
             group="pod"),
+    Setting("webhook_url", ("WEBHOOK_URL",), parse_url, "", "",
+            "Pod mode: URL every job that names no `webhook_url` of its own is POSTed to when it ends "
+            "(succeeded, failed, cancelled), signed the Standard Webhooks way; it obeys the fetch policy "
+            "(`FETCH_ALLOW_HOSTS`, `FETCH_ALLOW_PRIVATE`). Needs `WEBHOOK_SECRET`. Serverless: use RunPod's own "
+            "`webhook`.", group="webhooks"),
+    Setting("webhook_secret", ("WEBHOOK_SECRET",), parse_secret, "", "",
+            "`whsec_<base64>` of 24 to 64 random bytes that signs webhooks (`webhook-signature`); give the "
+            "receiver the same string. Without it the Pod refuses `WEBHOOK_URL` at start and jobs naming "
+            "`webhook_url` with `webhooks_unavailable`.", secret=True, group="webhooks"),
+    Setting("webhook_max_bytes", ("WEBHOOK_MAX_BYTES",), at_least(1024), 1048576, 1048576,
+            "Largest webhook body; a job whose view is larger is sent without its `result`, with "
+            "`result_omitted: true` and `href` (the `GET /jobs/{id}` path to fetch it from).", group="webhooks"),
+    Setting("webhook_attempts", ("WEBHOOK_ATTEMPTS",), at_least(1), 6, 6,
+            "Delivery attempts of one webhook; 2xx is delivered, 4xx other than 408/429 (or a refused URL) "
+            "gives up at once, the rest is retried.", group="webhooks"),
+    Setting("webhook_retry_base", ("WEBHOOK_RETRY_BASE",), parse_seconds, 10.0, 10.0,
+            "Seconds before the second attempt; each later wait doubles (10, 20, 40, 80, 160 s: about 5 "
+            "minutes over 6 attempts), a longer `Retry-After` replaces it, none exceeds 600 s.", group="webhooks"),
+    Setting("webhook_timeout", ("WEBHOOK_TIMEOUT",), parse_seconds, 10.0, 10.0,
+            "Seconds one delivery attempt may take before it counts as failed (and is retried).", group="webhooks"),
     Setting("nvidia_smi", ("NVIDIA_SMI",), parse_str, "nvidia-smi", "nvidia-smi",
             "The nvidia-smi command gpuwatch runs.", group="pod"),
     Setting("gpu_poll_interval", ("GPU_POLL_INTERVAL",), parse_seconds, 5.0, 5.0,

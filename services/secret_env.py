@@ -31,8 +31,9 @@ SECRETS: frozenset[str] = frozenset(
 _DOWNLOADS = frozenset({"HF_TOKEN", "CIVITAI_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS"})
 
 GRANTS: dict[str, frozenset[str]] = {
-    # The Pod API checks tokens, opens envelopes, uploads to GCS and fetches a job's missing models.
-    "api": frozenset({"API_TOKEN", "WORKER_PRIVATE_KEY_B64"}) | _DOWNLOADS,
+    # The Pod API checks tokens, opens envelopes, signs webhooks, uploads to GCS and fetches a
+    # job's missing models.
+    "api": frozenset({"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"}) | _DOWNLOADS,
     "modelsync": _DOWNLOADS,
     "comfyui": frozenset(),
     "gpuwatch": frozenset(),

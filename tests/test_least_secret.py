@@ -27,6 +27,7 @@ SECRETS = {
     "CIVITAI_TOKEN": "civitai-secret-3",
     "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/key.json",
     "RUNPOD_API_KEY": "rp-secret-4",
+    "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"webhook-secret-5" * 2).decode(),
 }
 DOWNLOADS = {"HF_TOKEN", "CIVITAI_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS"}
 # The expected grants, written out here rather than read from services/secret_env.py: the test
@@ -37,8 +38,8 @@ EXPECTED = {
     "gpuwatch": set(),
     "logforward": set(),
     "modelsync": DOWNLOADS,
-    "api": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64"} | DOWNLOADS,
-    "api worker": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64"} | DOWNLOADS,
+    "api": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"} | DOWNLOADS,
+    "api worker": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"} | DOWNLOADS,
 }
 
 

@@ -38,6 +38,10 @@ def old_database(path: Path, *scripts: str) -> Path:
     return path
 
 
+# What migrations 4 and later add to an existing job row, at their defaults.
+ADDED_JOB_COLUMNS = {"comfy_attempts": 0, "webhook": None, "timings_ms": None}
+
+
 def rows(path: Path, table: str) -> list[dict]:
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
@@ -78,7 +82,7 @@ def test_a_database_from_9f1517f_is_migrated_and_keeps_every_row(tmp_path):
     db = Database(path)
     assert db.migrated == tuple(range(1, LATEST + 1))
     assert schema(path) == fresh_schema(tmp_path)  # same shape as a database made today
-    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before["jobs"]]
+    assert rows(path, "jobs") == [{**r, **ADDED_JOB_COLUMNS} for r in before["jobs"]]
     assert rows(path, "downloads") == [{**r, "replace_existing": 0} for r in before["downloads"]]
     assert rows(path, "comfy_state") == before["comfy_state"]
     assert rows(path, "comfy_leases") == before["comfy_leases"]
@@ -121,7 +125,7 @@ def test_a_version_3_database_gains_comfy_attempts_and_its_jobs_run_on(tmp_path)
     db = Database(path)
     assert db.migrated == tuple(range(4, LATEST + 1))
     assert schema(path) == fresh_schema(tmp_path)
-    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before]
+    assert rows(path, "jobs") == [{**r, **ADDED_JOB_COLUMNS} for r in before]
     jobs = JobStore(db)
     running = next(r["id"] for r in before if r["state"] == "running")
     assert jobs.get(running).public()["comfy_attempts"] == 0
@@ -175,7 +179,7 @@ def test_two_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path,
     assert sorted(v for one in applied for v in one) == list(range(1, LATEST + 1))  # each migration once
     assert [] in applied  # the other process found them done
     assert user_version(sqlite3.connect(path)) == LATEST
-    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before]
+    assert rows(path, "jobs") == [{**r, **ADDED_JOB_COLUMNS} for r in before]
 
 
 def test_a_database_from_a_newer_release_is_refused(tmp_path):
@@ -205,7 +209,7 @@ def test_a_database_from_the_code_before_versions_is_adopted(tmp_path, scripts):
     db = Database(path)
     assert db.migrated == tuple(range(1, LATEST + 1))
     assert schema(path) == fresh_schema(tmp_path)
-    assert rows(path, "jobs") == [{**r, "comfy_attempts": 0} for r in before]
+    assert rows(path, "jobs") == [{**r, **ADDED_JOB_COLUMNS} for r in before]
     assert DownloadStore(db).enqueue(url="https://example.com/n", type="vae", filename="n.pt",
                                      replace=True).replace_existing == 1
     assert EnvelopeLedger(db).claim("e" * 64, "job-queued") == "job-queued"

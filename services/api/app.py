@@ -11,12 +11,14 @@ import falcon
 import falcon.asgi
 
 from services import __version__, config, logs
-from services.api import exposure, http, jobs, models
+from services.api import comfy_proxy, exposure, http, jobs, models, pages, webhooks
 from services.api.executor import JobExecutor, worker_id
-from services.api.guard import RequestGuard, token_matches
+from services.api.guard import RequestGuard, authorized
 from services.api.health import HealthState
-from services.api.openapi import OpenApiResource
+from services.api.metrics import MetricsResource
+from services.api.openapi import COMFY_UI_PATHS, OpenApiResource
 from services.api.readiness import Readiness
+from services.api.session import SessionResource
 from services.comfy.client import ComfyClient
 from services.jobs.runner import JobRunner
 from services.comfy.supervised import SupervisedComfy
@@ -25,6 +27,7 @@ from services.store.db import Database
 from services.store.downloads import DownloadStore
 from services.store.jobs import JobStore
 from services.versions.spec import SpecStore
+from services.webhooks.startup import check_settings as check_webhook_settings
 
 class Lifespan:
     """Starts each worker's background tasks (job claiming, health refresh) and stops them."""
@@ -53,8 +56,7 @@ class HealthResource:
         self.details_public = exposure.details_public(settings)
 
     async def on_get(self, req, resp) -> None:
-        detailed = self.details_public or (
-            self.token and token_matches(req.get_header("Authorization"), self.token))
+        detailed = self.details_public or (self.token and authorized(req, self.token))
         http.send_json(resp, self.health.body if detailed else self.health.public_body, self.health.status)
 
 
@@ -75,8 +77,11 @@ class _Closing:
 def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     settings = settings or config.load_or_exit()
     exposure.check_bind(settings)  # etc/gunicorn.conf.py refuses first; this covers other servers
+    check_webhook_settings(settings)  # python -m services.pod refuses first
     logs.configure_from(settings)
-    comfy = ComfyClient(settings.comfy_url or f"http://{settings.comfy_host}:{settings.comfy_port}")
+    comfy_url = settings.comfy_url or f"http://{settings.comfy_host}:{settings.comfy_port}"
+    comfy = ComfyClient(comfy_url)
+    proxy = comfy_proxy.ComfyProxy(comfy_url)  # COMFY_UI_PROXY's /comfy/; idle (no session) when off
     db = Database(settings.state_db)
     store = JobStore(db)
     owner = worker_id()
@@ -87,12 +92,18 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     health = HealthState(settings, comfy, lambda: {"appliance": __version__, "comfy": comfy_state.runtime()})
     readiness = Readiness(settings, health, store)
 
-    middleware = [Lifespan(health, readiness, provider, executor, _Closing(runner, comfy)), RequestGuard(settings)]
+    dispatcher = webhooks.WebhookDispatcher(settings, db, store, owner)
+    middleware = [Lifespan(health, readiness, provider, executor, dispatcher, _Closing(runner, comfy, proxy)),
+                  RequestGuard(settings)]
     app = falcon.asgi.App(middleware=middleware)
     http.install(app)
     app.add_route("/healthz", HealthResource(health, settings))
     app.add_route("/readyz", HealthResource(readiness, settings))
-    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/openapi.json", OpenApiResource(COMFY_UI_PATHS if settings.comfy_ui_proxy else None))
+    app.add_route("/metrics", MetricsResource(settings, db, health))
     jobs.route(app, settings, runner, executor, store, comfy)
     models.route(app, settings, DownloadStore(db))
+    app.add_route("/session", SessionResource(settings))
+    pages.route(app)
+    comfy_proxy.route(app, settings, proxy)
     return app

@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from services import logs
+from services.api.progress_board import ProgressBoard
 from services.comfy.client import Progress
 from services.errors import AppError
 from services.jobs.runner import JobRunner
@@ -40,6 +41,7 @@ class JobExecutor:
         self.concurrency = concurrency
         self.tasks: dict[str, asyncio.Task] = {}
         self.progress: dict[str, float] = {}
+        self.board = ProgressBoard(settings.run_dir)  # the same progress for every worker
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task | None = None
         self._heartbeat = Periodic("heartbeat", HEARTBEAT_SECONDS, lambda: asyncio.to_thread(self._beat))
@@ -59,19 +61,22 @@ class JobExecutor:
         self._wake.set()
 
     # ---- entry points -----------------------------------------------------------------
-    async def run_now(self, body: Any, job_id: str | None) -> tuple[Job, asyncio.Task | None]:
+    async def run_now(self, body: Any, job_id: str | None, *, webhook: str | None = None
+                      ) -> tuple[Job, asyncio.Task | None]:
         """Store a job owned by this worker and start it; an existing job_id is returned as is.
-        Both entry points raise QueueFull when QUEUE_MAX_JOBS jobs are queued or running."""
+        Both entry points raise QueueFull when QUEUE_MAX_JOBS jobs are queued or running.
+        `webhook`: where the job's end is POSTed (services/api/webhooks.py), None for nowhere."""
         job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
                                                owner=self.owner, version_id=_version_hint(body),
-                                               limit=self.settings.queue_max_jobs)
+                                               limit=self.settings.queue_max_jobs, webhook=webhook)
         if not created:
             return job, self.tasks.get(job.id)
         return job, self._spawn(job)
 
-    async def enqueue(self, body: Any, job_id: str | None) -> Job:
+    async def enqueue(self, body: Any, job_id: str | None, *, webhook: str | None = None) -> Job:
         job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
-                                               version_id=_version_hint(body), limit=self.settings.queue_max_jobs)
+                                               version_id=_version_hint(body), limit=self.settings.queue_max_jobs,
+                                               webhook=webhook)
         if created:
             self.wake()
         return job
@@ -86,6 +91,7 @@ class JobExecutor:
     def _forget(self, job_id: str) -> None:
         self.tasks.pop(job_id, None)
         self.progress.pop(job_id, None)
+        self.board.remove(job_id)
         self.wake()  # a slot is free
 
     async def _claim_loop(self) -> None:
@@ -126,7 +132,7 @@ class JobExecutor:
                 on_submitted=lambda prompt_id, job_id=job.id: self._on_submitted(job_id, prompt_id),
                 on_attempt=lambda n, job_id=job.id: self._on_attempt(job_id, n))
             reply = opened.reply(result)
-            await asyncio.to_thread(self.store.finish, self.owner, job.id, reply)
+            await asyncio.to_thread(self.store.finish, self.owner, job.id, reply, result.get("timings_ms"))
             return {"status": 200, "body": reply}
         except AppError as exc:
             if exc.prefix == "interrupted" and await asyncio.to_thread(self.store.cancel_requested, [job.id]):
@@ -159,6 +165,7 @@ class JobExecutor:
 
     def _on_progress(self, job_id: str, progress: Progress) -> None:
         self.progress[job_id] = progress.percent
+        self.board.post(job_id, progress)
 
     async def _on_submitted(self, job_id: str, prompt_id: str) -> None:
         await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id)

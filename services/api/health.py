@@ -17,7 +17,7 @@ the answer. `ok` means ComfyUI answers and can use its GPU, so /healthz answers 
   the GPU is broken, and a Pod must not flap out of its load balancer on it.
 
 `public_body` is what callers without the token get: `ok` and the public key, nothing that
-maps the machine (paths, pids, versions).
+maps the machine (paths, pids, versions, start-up ledgers).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 import xmlrpc.client
 from typing import Any, Callable
 
-from services import logs
+from services import logs, startup_ledger
 from services.comfy.client import ComfyClient
 from services.gpu import fault_latch
 from services.gpu import state as gpu_state
@@ -55,6 +55,7 @@ class HealthState:
         self._stats_at = 0.0
         self._public_key = public_key_b64(settings)
         self._answered_pid: int | None = None  # the comfyui program's pid when ComfyUI last answered
+        self._ledger_pid: int | None = None  # the last ComfyUI whose first answer went to its ledger
         self._verdict: tuple | None = None
         self._refresher = Periodic("health_refresh", REFRESH_SECONDS, self.refresh)
 
@@ -85,6 +86,9 @@ class HealthState:
         comfy: dict[str, Any] = {"url": self.comfy.base_url}
         if comfy_up:
             self._answered_pid = program["pid"] if program else None
+            if program and program["pid"] != self._ledger_pid:
+                self._ledger_pid = program["pid"]
+                await self._mark_answering(program["pid"])
             system = self._stats.get("system", {})
             comfy.update(state="ready", comfyui_version=system.get("comfyui_version"),
                          devices=[d.get("name") for d in self._stats.get("devices", [])])
@@ -104,11 +108,21 @@ class HealthState:
             "gpu_fault": fault,
             "programs": programs,
             "version": await asyncio.to_thread(self.version),
+            "startup": await asyncio.to_thread(startup_ledger.read_full, run_dir),
         }
         self.body = json.dumps(self.snapshot).encode()
         self.public_body = json.dumps({"ok": ok, "server_public_key_b64": self._public_key}).encode()
         self.status = 200 if ok else 503
         self._log_change(ok, comfy, gpu, fault)
+
+    async def _mark_answering(self, pid: int) -> None:
+        # ComfyUI was exec'd by services.comfyexec and cannot mark its own later stages; the
+        # first successful ping of each ComfyUI pid is its `comfy_answering` (once, whichever
+        # API worker sees it first: mark_for keeps the first).
+        try:
+            await asyncio.to_thread(startup_ledger.mark_for, self.settings.run_dir, "comfyui", pid, "comfy_answering")
+        except OSError as exc:
+            log.warning("startup_ledger_unwritable", error=type(exc).__name__)
 
     def _log_change(self, ok: bool, comfy: dict[str, Any], gpu: dict[str, Any], fault: dict | None) -> None:
         # Once per change of what makes /healthz fail, not every second.

@@ -43,22 +43,33 @@ def send_json(resp: falcon.asgi.Response, body: Any, status: int = 200) -> None:
     resp.data = body if isinstance(body, bytes) else json.dumps(body).encode()
 
 
-async def app_error(req, resp, exc: AppError, params) -> None:
+async def app_error(req, resp, exc: AppError, params, ws=None) -> None:
+    if ws is not None:
+        # A refused websocket upgrade (guard.py): closed before accept, which the server answers
+        # with HTTP 403; the code (3000 + status, Falcon's convention) reaches accepted sockets.
+        await ws.close(3000 + exc.status)
+        return
     if exc.status == 401:
         resp.set_header("WWW-Authenticate", 'Bearer realm="appliance"')  # RFC 6750 §3
     send_json(resp, exc.as_dict(), exc.status)
 
 
-async def http_error(req, resp, exc: falcon.HTTPError, params) -> None:
+async def http_error(req, resp, exc: falcon.HTTPError, params, ws=None) -> None:
     status = exc.status_code
+    if ws is not None:
+        await ws.close(3000 + status)
+        return
     code = _FALCON_CODES.get(status, "invalid_payload" if status < 500 else "internal_error")
     detail = exc.description or exc.title or ""
     send_json(resp, {"error": code, "detail": detail}, status)
 
 
-async def unexpected_error(req, resp, exc: Exception, params) -> None:
+async def unexpected_error(req, resp, exc: Exception, params, ws=None) -> None:
     # Logged with its type only; the client gets a stable code and no internals.
     log.error("unexpected_error", exc_info=True, path=req.path, method=req.method)
+    if ws is not None:
+        await ws.close(1011)  # RFC 6455 §7.4.1: an unexpected condition
+        return
     send_json(resp, {"error": "internal_error", "detail": "unexpected server error; see the api log"}, 500)
 
 

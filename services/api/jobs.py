@@ -15,17 +15,21 @@ Backpressure: with QUEUE_MAX_JOBS jobs queued or running, a new job gets 503 `qu
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import falcon
+from falcon.asgi import SSEvent
 
 from services import logs
 from services.api.executor import JobExecutor
+from services.api.webhooks import job_webhook
 from services.api.http import read_json, send_json
 from services.comfy.client import ComfyClient
 from services.errors import AppError
 from services.jobs.runner import JobRunner
+from services.net.policy import FetchPolicy
 from services.security.envelope import OpenedPayload, open_payload
 from services.security.replay import check_fresh, replayed
 from services.store.envelopes import EnvelopeLedger
@@ -37,6 +41,8 @@ log = logs.get("api.jobs")
 
 _META = ("async", "job_id")
 SYNC_POLL_SECONDS = 0.5
+EVENTS_POLL_SECONDS = 0.25
+PING_SECONDS = 15.0
 # A job takes seconds to minutes: a few seconds lets a slot free up without refused clients
 # hammering the Pod meanwhile.
 RETRY_AFTER_SECONDS = 5
@@ -54,6 +60,7 @@ class RunResource:
     def __init__(self, settings, runner: JobRunner, executor: JobExecutor, store: JobStore):
         self.settings, self.runner, self.executor, self.store = settings, runner, executor, store
         self.ledger = EnvelopeLedger(store.db, settings.envelope_max_age)
+        self.policy = FetchPolicy.from_settings(settings)  # where a job's webhook_url may point
 
     async def on_post(self, req, resp) -> None:
         try:
@@ -78,17 +85,18 @@ class RunResource:
         if opened.encrypted:
             job_id = await self._accept_once(opened, job_id)
         try:
-            self.runner.validate(opened.payload)
+            request, _spec, _workflow = self.runner.validate(opened.payload)
+            webhook = await job_webhook(self.settings, self.policy, request.webhook_url, opened.encrypted)
         except AppError as exc:
             send_json(resp, opened.error(exc), exc.status)
             return
 
         if is_async:
-            job = await self.executor.enqueue(payload, job_id)
+            job = await self.executor.enqueue(payload, job_id, webhook=webhook)
             resp.set_header("Location", f"/jobs/{job.id}")
             send_json(resp, {"job_id": job.id, "state": job.state}, 202)
             return
-        job, task = await self.executor.run_now(payload, job_id)
+        job, task = await self.executor.run_now(payload, job_id, webhook=webhook)
         if task is None:
             send_json(resp, await self._wait_elsewhere(job.id))
             return
@@ -135,8 +143,9 @@ class JobResource:
     async def on_get(self, req, resp, job_id: str) -> None:
         job = await self._get(job_id)
         view = job.public()
-        if job.id in self.executor.progress:
-            view["progress"] = self.executor.progress[job.id]  # fresher than the last heartbeat
+        live = self.executor.board.read(job.id) if job.state == JobState.RUNNING else None
+        if live is not None:
+            view["progress"] = live["percent"]  # fresher than the last heartbeat, whoever runs it
         send_json(resp, view)
 
     async def on_delete(self, req, resp, job_id: str) -> None:
@@ -152,6 +161,55 @@ class JobResource:
             # Another worker owns it: interrupt ComfyUI now; its heartbeat sees the flag soon.
             await self.comfy.cancel(job.prompt_id)
         send_json(resp, job.public(), 202)
+
+
+class JobEventsResource:
+    """`GET /jobs/{id}/events`: the job as server-sent events, whichever worker runs it.
+
+    `state` on every change (queued, running, ...), `progress` ({percent, node, step, steps}) while
+    it runs, and `done` with the job's final view (as `GET /jobs/{id}`) before the stream ends.
+    Read from the store and the progress board every EVENTS_POLL_SECONDS; a comment line every
+    PING_SECONDS keeps idle proxies from closing the stream.
+    """
+
+    def __init__(self, store: JobStore, executor: JobExecutor):
+        self.store, self.executor = store, executor
+
+    async def on_get(self, req, resp, job_id: str) -> None:
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job is None:
+            raise AppError("not_found", f"no job {job_id}")  # a 404 before the stream starts
+        resp.set_header("Cache-Control", "no-store")
+        resp.set_header("X-Accel-Buffering", "no")  # proxies must pass events on at once
+        resp.sse = self._events(job)
+
+    async def _events(self, job):
+        state, progress, sequence, quiet_since = None, None, 0, time.monotonic()
+        while True:
+            event = None
+            if job.state != state:
+                state = job.state
+                event = SSEvent(event="state", json={"job_id": job.id, "state": state,
+                                                      "comfy_attempts": job.comfy_attempts})
+            elif state == JobState.RUNNING:
+                live = self.executor.board.read(job.id)
+                if live is not None and live != progress:
+                    progress = live
+                    event = SSEvent(event="progress", json={"job_id": job.id, **live})
+            if event is not None:
+                sequence += 1
+                event.event_id = str(sequence)
+                quiet_since = time.monotonic()
+                yield event
+            elif time.monotonic() - quiet_since > PING_SECONDS:
+                quiet_since = time.monotonic()
+                yield None  # Falcon sends a `: ping` comment
+            if state in JOB_TERMINAL:
+                yield SSEvent(event="done", json=job.public(), event_id=str(sequence + 1))
+                return
+            if event is None:
+                await asyncio.sleep(EVENTS_POLL_SECONDS)
+            job = await asyncio.to_thread(self.store.get, job.id) or job
 
 
 class JobsResource:
@@ -172,3 +230,4 @@ def route(app: falcon.asgi.App, settings, runner, executor, store, comfy) -> Non
     app.add_route("/run", RunResource(settings, runner, executor, store))
     app.add_route("/jobs", JobsResource(store))
     app.add_route("/jobs/{job_id}", JobResource(store, executor, comfy))
+    app.add_route("/jobs/{job_id}/events", JobEventsResource(store, executor))

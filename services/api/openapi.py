@@ -29,6 +29,13 @@ BUSY = {**_json(_ref("Error"), "`queue_full` (QUEUE_MAX_JOBS jobs queued or runn
 # 421: a Host header this API does not serve (services/api/guard.py); 415: a body that is not JSON.
 _ERRORS = {"400": ERROR, "401": ERROR, "404": ERROR, "413": ERROR, "421": ERROR}
 _BODY_ERRORS = {**_ERRORS, "415": ERROR}
+# The web pages (services/api/pages.py): public files, revalidated with their ETag.
+_HTML = {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
+_NOT_MODIFIED = {"description": "Unchanged since the ETag sent in If-None-Match"}
+_ASSET = {"200": {"description": "The file", "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                          "text/css": {"schema": {"type": "string"}}}},
+          "304": _NOT_MODIFIED, "400": ERROR, "421": ERROR}
+_FILE_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 SCHEMAS = {
     "Error": {
@@ -56,6 +63,8 @@ SCHEMAS = {
             "version_id": {"type": "string", "description": "versions/<id>.json; default DEFAULT_VERSION_ID"},
             "workflow": {"type": ["object", "string"], "description": "API-format prompt, object or JSON string"},
             "workflow_url": {"type": "string", "format": "uri"},
+            "webhook_url": {"type": "string", "format": "uri", "maxLength": 2048,
+                            "description": "POSTed to, signed (Standard Webhooks), when the job ends"},
             "output_mode": {"enum": ["gcs", "base64"]},
             "gcs_bucket": {"type": "string"}, "gcs_prefix": {"type": "string"},
             "models_dir": {"type": "string"}, "verbose": {"type": "boolean"},
@@ -139,7 +148,16 @@ SCHEMAS = {
                        "gpu_fault": {"type": ["object", "null"], "required": ["reason", "at"],
                                      "description": "a GPU fault latched until ComfyUI restarts (503)",
                                      "properties": {"reason": {"type": "string"}, "at": {"type": ["number", "null"]}}},
-                       "programs": {"type": "object"}, "version": {"type": "object"}},
+                       "programs": {"type": "object"}, "version": {"type": "object"},
+                       "startup": {"type": "object", "description": "each program's start-up ledger (README: Start-up ledger)",
+                                   "additionalProperties": {
+                                       "type": "object", "required": ["pid", "created_at", "restored", "stages"],
+                                       "properties": {"pid": {"type": "integer"}, "created_at": {"type": "number"},
+                                                      "restored": {"type": "boolean"},
+                                                      "stages": {"type": "array", "items": {
+                                                          "type": "object", "required": ["stage", "seconds"],
+                                                          "properties": {"stage": {"type": "string"},
+                                                                         "seconds": {"type": "number"}}}}}}}},
     },
     "Ready": {
         "type": "object", "required": ["ready"],
@@ -168,6 +186,37 @@ PATHS = {
                       "400": ERROR, "421": ERROR}}},
     "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
                                                                         "400": ERROR, "421": ERROR}}},
+    "/": {"get": {"summary": "The status page (HTML): health, GPU, programs, jobs, downloads; asks for the token "
+                             "once (POST /session) and fetches everything with the session cookie",
+                  "responses": {"200": _HTML, "304": _NOT_MODIFIED, "400": ERROR, "421": ERROR}}},
+    "/status/{name}": {"get": {"summary": "The status page's script and style sheet",
+                               "parameters": [_FILE_NAME], "responses": {**_ASSET, "404": ERROR}}},
+    "/docs": {"get": {"summary": "This document in Swagger UI (HTML), served from the pinned swagger-ui-bundle-v2 package",
+                      "responses": {"200": _HTML, "304": _NOT_MODIFIED, "400": ERROR, "421": ERROR}}},
+    "/docs/{name}": {"get": {"summary": "Swagger UI's files", "parameters": [_FILE_NAME],
+                             "responses": {**_ASSET, "404": ERROR}}},
+    "/session": {
+        "post": {"summary": "Log a browser in: the right API_TOKEN sets an HttpOnly, SameSite=Strict session cookie "
+                            "(not the token; expires after API_SESSION_TTL) that every route accepts like the header",
+                 "security": [{}],
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+                 "responses": {"200": _json({"type": "object", "required": ["session"],
+                                             "properties": {"session": {"type": "boolean"},
+                                                            "expires": {"type": "integer", "description": "unix seconds"},
+                                                            "detail": {"type": "string"}}},
+                                            "Logged in (`session: false`: API_TOKEN is not set, nothing to log in to)"),
+                               **_BODY_ERRORS}},
+        "delete": {"summary": "Log a browser out: the session cookie is deleted", "security": [{}],
+                   "responses": {"200": _json({"type": "object", "required": ["session"],
+                                               "properties": {"session": {"const": False}}}, "Logged out"),
+                                 "400": ERROR, "421": ERROR}}},
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics (text format), read at scrape time from the shared store and snapshots: "
+                   "every API worker answers the same; open without the token only with METRICS_PUBLIC=1",
+        "responses": {"200": {"description": "Prometheus text exposition format (see README's metrics table)",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                      **_ERRORS}}},
     "/run": {"post": {
         "summary": "Run a workflow: waits for the result, or answers 202 at once with `async: true`",
         "requestBody": {"required": True, "content": {"application/json": {
@@ -191,6 +240,13 @@ PATHS = {
         "delete": {"summary": "Cancel a job (interrupts ComfyUI when it runs)",
                    "responses": {"200": _json(_ref("Job"), "Already finished"),
                                  "202": _json(_ref("Job"), "Cancel requested"), **_ERRORS}}},
+    "/jobs/{job_id}/events": {
+        "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "The job as server-sent events: `state` on each change, `progress` "
+                           "({percent, node, step, steps}) while it runs, `done` (the job, as GET /jobs/{id}) last",
+                "responses": {"200": {"description": "An event stream that ends after `done`",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              **_ERRORS}}},
     "/download": {"post": {
         "summary": "Queue a model download for the modelsync program (a running one for the same file is joined)",
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("DownloadRequest")}}},
@@ -214,6 +270,17 @@ PATHS = {
                                     "properties": {"models": {"type": "object", "additionalProperties": {
                                         "type": "array", "items": _ref("Model")}}}}, "Models"), **_ERRORS}}},
 }
+
+
+# Documented only where it is served (COMFY_UI_PROXY=1, services/api/comfy_proxy.py).
+COMFY_UI_PATHS = {"/comfy/{path}": {
+    "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+                    "description": "ComfyUI's own route, e.g. `` (the UI), `api/object_info`, `prompt`, `upload/image`, `ws`"}],
+    "get": {"summary": "ComfyUI's own web UI and API, proxied to ComfyUI on loopback (every method, streamed bodies; "
+                       "`/comfy/ws?clientId=` is its websocket). Not JSON-only: instead a request from another site's "
+                       "page (Origin, Sec-Fetch-Site) is refused",
+            "responses": {"default": {"description": "ComfyUI's answer, passed through"},
+                          "401": ERROR, "403": ERROR, "421": ERROR, "503": ERROR}}}}
 
 
 def document(paths: dict | None = None, schemas: dict | None = None) -> dict:

@@ -14,10 +14,11 @@ import sys
 import time
 
 from services import config, logs
+from services.startup_ledger import Ledger
 from services.comfy.launcher import CHILD_UMASK, ComfyLauncher, child_env
 from services.errors import AppError
 from services.gpu import fault_latch
-from services.comfy import backoff
+from services.comfy import backoff, start_count
 from services.comfy import runtime as runtime_file
 from services.comfy.runtime import Runtime
 from services.pod import start_failure
@@ -39,14 +40,21 @@ def prepare(settings) -> tuple[Runtime, list[str]]:
 
 
 def main() -> None:
+    # Before anything slow; ComfyUI keeps this pid, so the API and the log forwarder add its
+    # later stages (comfy_listening, comfy_answering, custom nodes, …) to this same ledger.
+    ledger = Ledger("comfyui")
     settings = config.load_or_exit()
     logs.configure_from(settings)
+    ledger.mark("settings_loaded")
+    ledger.persist(settings.run_dir)
+    start_count.record(settings.run_dir)  # every start, a failed one too: /metrics' appliance_comfy_starts_total
     try:
         runtime, argv = prepare(settings)
     except AppError as exc:
         start_failure.record(settings.run_dir, exc.one_line())
         print(exc.one_line(), file=sys.stderr, flush=True)
         sys.exit(1)
+    ledger.mark("prepared")
     start_failure.clear(settings.run_dir)
     # A new process has a fresh CUDA context: a fault latched on the old one no longer holds.
     fault_latch.clear(settings.run_dir)
@@ -58,6 +66,7 @@ def main() -> None:
     sys.stdout.flush()
     os.chdir(runtime.comfy_home)
     os.umask(CHILD_UMASK)
+    ledger.mark("exec")  # after the back-off sleep: the gap between `prepared` and `exec` is it
     # Exec'd with no secret (custom nodes run in there), even if this program was given some.
     os.execve(argv[0], argv, child_env())
 

@@ -10,13 +10,17 @@ import threading
 
 from services import config, logs
 from services.gpu import state
+from services.startup_ledger import Ledger
 
 log = logs.get("gpuwatch")
 
 
 def main() -> None:
+    ledger = Ledger("gpuwatch")
     settings = config.load_or_exit()
     logs.configure_from(settings)
+    ledger.mark("settings_loaded")
+    ledger.persist(settings.run_dir)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -28,6 +32,7 @@ def main() -> None:
         snapshot = state.probe(settings.nvidia_smi, settings.gpu_probe_timeout, disks)
         hung_since = state.escalate_hang(snapshot, hung_since)
         state.write(settings.run_dir, snapshot)
+        ledger.mark("first_probe")  # once: later marks of a recorded stage are no-ops
         if snapshot["state"] != last_state:
             log.info("gpu_state", state=snapshot["state"], reason=snapshot.get("reason", ""))
             last_state = snapshot["state"]

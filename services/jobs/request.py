@@ -2,7 +2,8 @@
 
 The payload is the seeds' (`version_id`, `workflow` | `workflow_url`, `output_mode`,
 `gcs_bucket`, `gcs_prefix`, `models_dir`, `verbose`) plus `images` (input files uploaded to
-ComfyUI before the run) and `timeout`. Every mistake is an `AppError` naming the field, raised
+ComfyUI before the run), `timeout` and `webhook_url` (Pod mode: where the job's end is POSTed;
+where it may point is the Pod's fetch policy, services/api/webhooks.py). Every mistake is an `AppError` naming the field, raised
 before ComfyUI sees anything; no input may end as a 5xx later (too deep, NaN, a 400-digit
 number, a name with a trailing newline, a bucket name the GCS library refuses). Names are
 matched as whole strings (`fullmatch`: `$` also matches before a final newline).
@@ -22,6 +23,7 @@ from services.versions.spec import check_version_id
 
 OUTPUT_MODES = ("gcs", "base64")
 _IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,199}")
+MAX_WEBHOOK_URL = 2048
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class JobRequest:
     verbose: bool
     images: tuple[InputImage, ...]
     timeout: float
+    webhook_url: str | None = None
 
 
 def _bad(field: str, detail: str) -> AppError:
@@ -93,6 +96,13 @@ def _timeout(payload: dict, settings) -> float:
         raise _bad("timeout", "timeout must be a positive number of seconds")
     # A job may ask for less time than the worker allows, never more.
     return min(seconds, settings.job_timeout)
+
+
+def _webhook_url(payload: dict) -> str | None:
+    url = _optional_str(payload, "webhook_url")
+    if url is not None and len(url) > MAX_WEBHOOK_URL:
+        raise _bad("webhook_url", f"webhook_url is longer than {MAX_WEBHOOK_URL} characters")
+    return url
 
 
 def _workflow(payload: dict) -> Any:
@@ -198,4 +208,5 @@ def parse_request(payload: Any, settings) -> JobRequest:
         verbose=_bool(payload, "verbose"),
         images=parse_images(payload.get("images")),
         timeout=timeout,
+        webhook_url=_webhook_url(payload),
     )

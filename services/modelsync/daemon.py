@@ -29,6 +29,7 @@ from services.models.index import HashIndex
 from services.models.intake import validate_download
 from services.models.verify import targets_of, verify_models
 from services.net.policy import FetchPolicy
+from services.startup_ledger import Ledger
 from services.store.db import Database
 from services.store.downloads import Download, DownloadStore
 from services.versions.spec import ModelSpec, SpecStore
@@ -177,8 +178,11 @@ class ModelSync:
 
 
 def main() -> int:
+    ledger = Ledger("modelsync")
     settings = config.load_or_exit()
     logs.configure_from(settings)
+    ledger.mark("settings_loaded")
+    ledger.persist(settings.run_dir)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -187,5 +191,6 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - any failure here means the volume is unusable
         print(f"modelsync: cannot open the state database {settings.state_db}: {exc}", file=sys.stderr)
         return 1
+    ledger.mark("store_opened")
     ModelSync(settings, DownloadStore(db), SpecStore(settings.versions_dir), stop=stop).run()
     return 0

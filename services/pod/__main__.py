@@ -18,6 +18,7 @@ from pathlib import Path
 
 from services import config, logs, secret_env
 from services.api.exposure import check_bind_or_exit
+from services.webhooks.startup import check_settings_or_exit as check_webhook_settings_or_exit
 from services.errors import AppError
 from services.pod import first_run, grant, start_failure
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = config.load_or_exit()
     check_bind_or_exit(settings)  # before the install: a refused start should not take minutes
+    check_webhook_settings_or_exit(settings)
     logs.configure_from(settings)
     try:
         first_run.ensure_installed(settings)

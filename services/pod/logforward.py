@@ -11,18 +11,27 @@ the standard library alone: supervisor.childutils would cost this always-on proc
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
+from typing import Callable
+
+from services.comfy.startup_log import PodComfyWatch
 
 
 def _fields(line: str) -> dict[str, str]:
     return dict(part.split(":", 1) for part in line.split() if ":" in part)
 
 
-def forward(payload: str, out=sys.stderr) -> None:
+def forward(payload: str, out=sys.stderr, on_line: Callable[[str, str, str], None] | None = None) -> None:
+    """`on_line(program, pid, line)` also sees every line, blank ones included."""
     header_line, _, data = payload.partition("\n")
-    program = _fields(header_line).get("processname", "?")
+    header = _fields(header_line)
+    program = header.get("processname", "?")
     for line in data.splitlines():
+        if on_line is not None:
+            on_line(program, header.get("pid", ""), line)
         if not line.strip():
             continue
         if line.startswith("{") and line.endswith("}"):
@@ -35,6 +44,16 @@ def forward(payload: str, out=sys.stderr) -> None:
 
 def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout
+    # This listener is the one process that sees ComfyUI's own lines with its pid: it reads its
+    # start-up stages from them (custom node import times, first model load; startup_ledger).
+    # RUN_DIR as services.pod validated and exported it: loading the settings here would cost
+    # this always-on process 8 MB.
+    comfy_watch = PodComfyWatch(Path(os.environ["RUN_DIR"]))
+
+    def watch(program: str, pid: str, line: str) -> None:
+        if program == "comfyui" and pid.isdigit():
+            comfy_watch.feed(int(pid), line)
+
     while True:
         stdout.write("READY\n")
         stdout.flush()
@@ -42,7 +61,7 @@ def main() -> None:
         payload = stdin.read(int(header.get("len", 0))).decode("utf-8", "replace")
         try:
             if header.get("eventname", "").startswith("PROCESS_LOG"):
-                forward(payload)
+                forward(payload, on_line=watch)
         finally:
             stdout.write("RESULT 2\nOK")
             stdout.flush()

@@ -12,12 +12,15 @@ import os
 from services import config, logs
 from services.serverless.signals import ShutdownSignals
 from services.serverless.worker import Worker
+from services.startup_ledger import Ledger
 
 
 def main() -> None:
+    startup = Ledger("serverless")  # in memory: reported with the first job (worker.handle)
     settings = config.load_or_exit()
     logs.configure_from(settings)
-    worker = Worker(settings)
+    startup.mark("settings_loaded")
+    worker = Worker(settings, startup=startup)
     signals = ShutdownSignals(worker)  # SIGTERM and SIGINT: see services/serverless/signals.py
     signals.install()
     try:

@@ -24,11 +24,13 @@ from typing import Any, Callable, Coroutine
 from services import logs
 from services.comfy.client import Progress
 from services.comfy.launcher import json_line_sink
+from services.comfy.startup_log import StartupLog
 from services.errors import AppError
 from services.gpu import state as gpu_state
 from services.jobs.runner import JobRunner
 from services.security.envelope import OpenedPayload, open_payload
 from services.security.replay import ReplayCache
+from services.startup_ledger import Ledger
 from services.versions.spec import SpecStore
 from services.comfy.versioned import VersionedComfy
 
@@ -45,18 +47,34 @@ PROGRESS_EVERY_SECONDS = 1.0
 class Worker:
     broken_by: AppError | None = None  # the fatal error that ended this worker's usefulness (_failure)
 
-    def __init__(self, settings, send_progress: Callable[[dict, dict], None] | None = None):
+    def __init__(self, settings, send_progress: Callable[[dict, dict], None] | None = None,
+                 startup: Ledger | None = None):
         self.settings = settings
         self.send_progress = send_progress
+        # The start-up ledger, in memory: the first answer carries it (see handle).
+        self.startup = startup or Ledger("serverless")
+        self._startup_due = True
         self.specs = SpecStore(settings.versions_dir)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="appliance-loop", daemon=True).start()
-        self.provider = VersionedComfy(settings, line_sink=None if settings.log_silent else json_line_sink())
+        self.provider = VersionedComfy(settings, line_sink=self._comfy_line_sink())
         self.runner = JobRunner(settings, self.specs, self.provider)
         self.replays = ReplayCache(settings.envelope_max_age)
         self.broken_in_a_row = 0
         self._shutdown_at: float | None = None  # loop time at which running jobs are interrupted
         self._job_timeouts: set[asyncio.Timeout] = set()
+
+    def _comfy_line_sink(self) -> Callable[[str], None]:
+        """ComfyUI's lines: read for the start-up ledger, then logged (unless LOG_SILENT)."""
+        comfy_log, logged = StartupLog(), None if self.settings.log_silent else json_line_sink()
+
+        def sink(line: str) -> None:
+            for stage, fields in comfy_log.feed(line):
+                self.startup.mark(stage, **fields)
+            if logged:
+                logged(line)
+
+        return sink
 
     def submit(self, coro: Coroutine) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -76,11 +94,13 @@ class Worker:
 
     async def _warm(self, version_id: str) -> None:
         started = time.monotonic()
+        self.startup.mark("comfy_starting")
         try:
             await self.provider.client_for(self.specs.load(version_id))
         except AppError as exc:
             log.error("warm_up_failed", version_id=version_id, error=exc.code)
             return
+        self.startup.mark("comfy_answering")
         self.provider.release()
         log.info("warm_up_done", version_id=version_id, seconds=round(time.monotonic() - started, 2))
 
@@ -136,7 +156,30 @@ class Worker:
 
     # ---- one job --------------------------------------------------------------------------
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        """RunPod job -> result dict, never an exception (RunPod would ship its traceback)."""
+        """RunPod job -> result dict, never an exception (RunPod would ship its traceback).
+        The first answer of this process (and the first after a FlashBoot restore) carries the
+        start-up ledger as `startup`: sealed inside an encrypted result, in clear beside a plain
+        error; an encrypted error cannot carry it, and the next answer does."""
+        if self.startup.check_restored():
+            self.startup.mark("restored")
+            self._startup_due = True
+        self.startup.mark("first_job_received")
+        answer = await self._handle(job)
+        if self._startup_due and not answer.get("encrypted"):
+            answer = {**answer, "startup": self._startup_report()}
+        return answer
+
+    def _with_startup(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {**result, "startup": self._startup_report()} if self._startup_due else result
+
+    def _startup_report(self) -> dict[str, Any]:
+        self._startup_due = False
+        self.startup.mark("restored_job_done" if self.startup.data["restored"] else "first_job_done")
+        report = self.startup.snapshot()
+        log.info("startup", **report)
+        return report
+
+    async def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
         job_id = job.get("id") if isinstance(job.get("id"), str) and _JOB_ID_RE.fullmatch(job["id"]) else uuid.uuid4().hex
         opened = OpenedPayload(None, None)  # until the envelope is open, errors carry no payload
         if self.broken_by is not None:
@@ -150,6 +193,10 @@ class Worker:
         try:
             opened = open_payload(job.get("input"), self.settings)
             self.replays.accept(opened)
+            if isinstance(opened.payload, dict) and opened.payload.get("webhook_url") is not None:
+                # Pod mode's signed webhooks; refused rather than silently never called.
+                raise AppError("invalid_payload", "webhook_url is a Pod mode field; on RunPod serverless give "
+                               "the request its own `webhook` (RunPod calls it)", suffix="webhook_url")
             async with self._until_shutdown(job_id):
                 result = await self.runner.run(opened.payload, job_id=job_id, on_progress=self._progress(job))
         except AppError as exc:
@@ -158,7 +205,7 @@ class Worker:
             log.error("handler_bug", exc_info=True, job_id=job_id)
             return {"error": f"internal_error: {type(exc).__name__}"}
         self.broken_in_a_row = 0
-        return opened.reply(result)
+        return opened.reply(self._with_startup(result))
 
     def _failure(self, exc: AppError, opened: OpenedPayload) -> dict[str, Any]:
         # RunPod keeps only `error` of a failed job: code and detail travel in that one string;

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.errors import AppError
-from services.store import leases
+from services.store import leases, webhooks
 from services.store.db import Database
 from services.store.states import JobState
 
@@ -63,6 +63,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    webhook: str | None  # its URL, `sealed` (inside the encrypted payload) or None; never shown
 
     def public(self) -> dict[str, Any]:
         view: dict[str, Any] = {"job_id": self.id, "state": self.state, "progress": self.progress,
@@ -86,7 +87,7 @@ class JobStore:
         self.db = db
 
     def create(self, payload: str, *, job_id: str | None = None, owner: str | None = None,
-               version_id: str | None = None, limit: int = 0) -> tuple[Job, bool]:
+               version_id: str | None = None, limit: int = 0, webhook: str | None = None) -> tuple[Job, bool]:
         """Insert a job; with `owner` it starts out running (a synchronous request runs it at once).
 
         Returns (job, created). A client-chosen `job_id` that exists already returns that job,
@@ -104,9 +105,9 @@ class JobStore:
             _check_room(conn, limit)
             state = JobState.RUNNING if owner else JobState.QUEUED
             conn.execute("INSERT INTO jobs (id, state, payload, version_id, owner, heartbeat_at, attempts,"
-                         " created_at, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         " created_at, started_at, webhook) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (new_id, state, payload, version_id, owner, now if owner else None,
-                          1 if owner else 0, now, now if owner else None))
+                          1 if owner else 0, now, now if owner else None, webhook))
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (new_id,)).fetchone()), True
 
     def get(self, job_id: str) -> Job | None:
@@ -154,8 +155,11 @@ class JobStore:
         rows = self.db.read(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", tuple(job_ids))
         return {r["id"] for r in rows}
 
-    def finish(self, owner: str, job_id: str, result: Any) -> bool:
-        return self._end(owner, job_id, JobState.SUCCEEDED, result=json.dumps(result), progress=100.0)
+    def finish(self, owner: str, job_id: str, result: Any, timings_ms: dict[str, float] | None = None) -> bool:
+        """`timings_ms`: the runner's phase times, kept in their own column for `/metrics` (an
+        encrypted job's result is sealed); only durations, nothing of the payload."""
+        return self._end(owner, job_id, JobState.SUCCEEDED, result=json.dumps(result), progress=100.0,
+                         timings_ms=json.dumps(timings_ms) if timings_ms else None)
 
     def fail(self, owner: str, job_id: str, error: str, detail: str | None, state: str = JobState.FAILED,
              sealed: dict[str, Any] | None = None) -> bool:
@@ -164,14 +168,20 @@ class JobStore:
         return self._end(owner, job_id, state, error=error, detail=detail, **fields)
 
     def _end(self, owner: str, job_id: str, state: str, **fields) -> bool:
-        return leases.end(self.db, "jobs", owner, job_id, state, finished_at=time.time(), **fields)
+        with self.db.write() as conn:  # the final state and the webhook it owes: one commit
+            ended = leases.end_in(conn, "jobs", owner, job_id, state, finished_at=time.time(), **fields)
+            if ended:
+                webhooks.enqueue(conn, job_id)
+            return ended
 
     def request_cancel(self, job_id: str) -> Job | None:
         """A queued job is cancelled at once; a running one is flagged for its worker."""
         now = time.time()
         with self.db.write() as conn:
-            conn.execute("UPDATE jobs SET state = 'cancelled', error = 'cancelled', detail = 'cancelled before it ran',"
-                         " finished_at = ? WHERE id = ? AND state = 'queued'", (now, job_id))
+            cur = conn.execute("UPDATE jobs SET state = 'cancelled', error = 'cancelled', detail = 'cancelled before it ran',"
+                               " finished_at = ? WHERE id = ? AND state = 'queued'", (now, job_id))
+            if cur.rowcount:
+                webhooks.enqueue(conn, job_id)
             conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
         return self.get(job_id)
 

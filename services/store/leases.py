@@ -1,4 +1,4 @@
-"""Work items with leases: how `jobs` and `downloads` rows are claimed by one worker at a time.
+"""Work items with leases: how `jobs`, `downloads` and `webhooks` rows are claimed by one worker at a time.
 
 A worker claims the oldest queued row, or a running row whose owner stopped heartbeating for
 longer than the lease (its process was killed), inside one `BEGIN IMMEDIATE` transaction, so
@@ -11,16 +11,20 @@ import time
 
 from services.store.db import Database
 
-_TABLES = ("jobs", "downloads")
+_TABLES = ("jobs", "downloads", "webhooks")
 
 
-def claim(db: Database, table: str, owner: str, lease: float, max_attempts: int) -> sqlite3.Row | None:
-    assert table in _TABLES
+def claim(db: Database, table: str, owner: str, lease: float, max_attempts: int,
+          due_column: str | None = None) -> sqlite3.Row | None:
+    """`due_column`: a queued row whose time in that column is still ahead is not claimed yet
+    (a retry's back-off)."""
+    assert table in _TABLES and due_column in (None, "due_at")
     now = time.time()
+    queued, due = (f"(state = 'queued' AND {due_column} <= ?)", (now,)) if due_column else ("state = 'queued'", ())
     with db.write() as conn:
         row = conn.execute(
-            f"SELECT * FROM {table} WHERE (state = 'queued' OR (state = 'running' AND heartbeat_at < ?))"
-            " AND attempts < ? ORDER BY created_at LIMIT 1", (now - lease, max_attempts)).fetchone()
+            f"SELECT * FROM {table} WHERE ({queued} OR (state = 'running' AND heartbeat_at < ?))"
+            " AND attempts < ? ORDER BY created_at LIMIT 1", (*due, now - lease, max_attempts)).fetchone()
         if row is None:
             return None
         conn.execute(f"UPDATE {table} SET state = 'running', owner = ?, heartbeat_at = ?, attempts = attempts + 1"
@@ -54,10 +58,17 @@ def exhausted(db: Database, table: str, lease: float, max_attempts: int) -> list
 
 
 def end(db: Database, table: str, owner: str, item_id: str, state: str, **fields) -> bool:
-    """Move a running row that `owner` holds to a final state; False if it is no longer ours."""
+    """Move a running row that `owner` holds to a final state (or back to queued, for a retry);
+    False if it is no longer ours."""
+    with db.write() as conn:
+        return end_in(conn, table, owner, item_id, state, **fields)
+
+
+def end_in(conn: sqlite3.Connection, table: str, owner: str, item_id: str, state: str, **fields) -> bool:
+    """`end` inside the caller's write transaction, so that what goes with the end (a job's
+    webhook) is written in the same commit."""
     assert table in _TABLES
     sets = "".join(f", {k} = ?" for k in fields)
-    with db.write() as conn:
-        cur = conn.execute(f"UPDATE {table} SET state = ?{sets} WHERE id = ? AND owner = ? AND state = 'running'",
-                           (state, *fields.values(), item_id, owner))
-        return cur.rowcount == 1
+    cur = conn.execute(f"UPDATE {table} SET state = ?{sets} WHERE id = ? AND owner = ? AND state = 'running'",
+                       (state, *fields.values(), item_id, owner))
+    return cur.rowcount == 1

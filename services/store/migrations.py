@@ -36,6 +36,13 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
     return apply
 
 
+def _steps(*steps: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    def apply(conn: sqlite3.Connection) -> None:
+        for step in steps:
+            step(conn)
+    return apply
+
+
 def _add_column(table: str, column: str, definition: str) -> Callable[[sqlite3.Connection], None]:
     def apply(conn: sqlite3.Connection) -> None:
         if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
@@ -119,6 +126,32 @@ MIGRATIONS: tuple[Migration, ...] = (
     # a worker claimed it: a job whose prompt died with ComfyUI is submitted again, and the count
     # survives its worker, so a job that crashes ComfyUI every time is not retried forever.
     Migration(4, "jobs.comfy_attempts", _add_column("jobs", "comfy_attempts", "INTEGER NOT NULL DEFAULT 0")),
+    # Signed webhooks (services/webhooks): `jobs.webhook` is where the job's webhook goes (its URL, or
+    # `sealed` when the URL is inside the job's encrypted payload, never stored in clear); a job
+    # that ends with one gets a `webhooks` row in the same transaction, delivered and retried by
+    # the API workers (services/api/webhooks.py). `id` is the message's `webhook-id`.
+    Migration(5, "jobs.webhook, webhooks", _steps(
+        _add_column("jobs", "webhook", "TEXT"),
+        _statements(
+            """CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,              -- queued | running | delivered | failed
+    owner TEXT,
+    heartbeat_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,             -- a queued row waits for this time (the back-off)
+    status INTEGER,                   -- the receiver's last HTTP status
+    error TEXT,                       -- why the last attempt did not count (http_500, timeout, ...)
+    created_at REAL NOT NULL,
+    finished_at REAL
+)""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS webhooks_job ON webhooks(job_id)",
+            "CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks(state, due_at)",
+        ))),
+    # The runner's phase times of a succeeded job (JSON of milliseconds by phase), for /metrics'
+    # appliance_job_phase_seconds: an encrypted job's result is sealed, and durations are no payload.
+    Migration(6, "jobs.timings_ms", _add_column("jobs", "timings_ms", "TEXT")),
 )
 LATEST = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1)), "migrations are numbered 1, 2, ..."

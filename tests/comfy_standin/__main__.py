@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Device: cpu")
     if config.startup_delay > 0:
         time.sleep(config.startup_delay)
+    _log_custom_node_import_times(config.paths.custom_nodes)
     try:
         asyncio.run(_serve(config))
     except OSError as error:
@@ -50,6 +51,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_cleanly(signum, frame) -> None:
     raise SystemExit(0)
+
+
+def _log_custom_node_import_times(folder: str) -> None:
+    """ComfyUI's "Import times for custom nodes:" block (nodes.py init_external_custom_nodes),
+    in its format, for what lies in `custom_nodes/`: the stand-in imports none of it, so each
+    entry took the time it took to look at it. Like ComfyUI, nothing when there is no entry."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return
+    import_times = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name == "__pycache__" or name.endswith(".disabled") or (os.path.isfile(path) and not name.endswith(".py")):
+            continue
+        started = time.perf_counter()
+        os.stat(path)
+        import_times.append((time.perf_counter() - started, path))
+    if import_times:
+        log.info("\nImport times for custom nodes:")
+        for seconds, path in sorted(import_times):
+            log.info("{:6.1f} seconds: {}".format(seconds, path))
+        log.info("")
 
 
 def _prepare_directories(config: Config) -> None:

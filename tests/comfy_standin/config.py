@@ -96,6 +96,7 @@ def _paths(args: argparse.Namespace) -> Paths:
         input=os.path.abspath(args.input_directory or os.path.join(base, "input")),
         temp=os.path.join(os.path.abspath(args.temp_directory or base), "temp"),
         model_dirs=model_dirs,
+        custom_nodes=os.path.join(base, "custom_nodes"),
     )
 
 

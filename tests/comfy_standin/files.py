@@ -42,6 +42,7 @@ class Paths:
     input: str
     temp: str
     model_dirs: dict[str, list[str]] = field(default_factory=dict)
+    custom_nodes: str = ""
 
     def by_type(self, kind: str) -> str | None:
         return {"output": self.output, "input": self.input, "temp": self.temp}.get(kind)
