@@ -9,8 +9,8 @@ orphans its workers (benoitc/gunicorn#1106).
 """
 import os
 
-from services.api.exposure import check_bind_or_exit
-from services.config import load_or_exit
+from services.api.exposure import check_bind
+from services.config import load_or_exit, or_exit
 from services.startup_ledger import Ledger
 
 # The `api` program's start-up ledger, kept by the master (services/startup_ledger.py).
@@ -18,7 +18,7 @@ _ledger = Ledger("api")
 _settings = load_or_exit()
 _ledger.mark("settings_loaded")
 _ledger.persist(_settings.run_dir)
-check_bind_or_exit(_settings)  # closed by default: no token, no public address
+or_exit(lambda: check_bind(_settings))  # closed by default: no token, no public address
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers

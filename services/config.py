@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from services.errors import AppError
 from services.outputs import gcs_names
@@ -509,13 +509,21 @@ def _read(setting: Setting, env: Mapping[str, str], values: Mapping[str, Any] | 
     return None
 
 
-def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
-    """Entry points call this: a bad variable ends start-up with one clear line, status 2."""
+T = TypeVar("T")
+
+
+def or_exit(check: Callable[[], T]) -> T:
+    """Entry points run settings checks through this: a SettingsError ends start-up with one
+    clear line, status 2."""
     try:
-        return Settings.from_env(environ)
+        return check()
     except SettingsError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
+    return or_exit(lambda: Settings.from_env(environ))
 
 
 def markdown_table() -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 
 from services.config import SettingsError
 
@@ -40,15 +39,6 @@ def check_bind(settings) -> None:
         return
     raise SettingsError(f"API_HOST={settings.api_host} is not a loopback address and API_TOKEN is empty: "
                         "set API_TOKEN, or ALLOW_UNAUTHENTICATED=1 to serve without authentication")
-
-
-def check_bind_or_exit(settings) -> None:
-    """For entry points: the refusal reads like any bad setting (config.load_or_exit)."""
-    try:
-        check_bind(settings)
-    except SettingsError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def details_public(settings) -> bool:

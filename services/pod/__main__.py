@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from services import config, logs, secret_env
-from services.api.exposure import check_bind_or_exit
-from services.webhooks.startup import check_settings_or_exit as check_webhook_settings_or_exit
+from services.api.exposure import check_bind
+from services.webhooks import startup as webhook_startup
 from services.errors import AppError
 from services.pod import first_run, grant, start_failure
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONF, help="supervisord config file")
     args = parser.parse_args(argv)
     settings = config.load_or_exit()
-    check_bind_or_exit(settings)  # before the install: a refused start should not take minutes
-    check_webhook_settings_or_exit(settings)
+    config.or_exit(lambda: check_bind(settings))  # before the install: a refused start should not take minutes
+    config.or_exit(lambda: webhook_startup.check_settings(settings))
     logs.configure_from(settings)
     try:
         first_run.ensure_installed(settings)

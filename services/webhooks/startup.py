@@ -1,7 +1,6 @@
 """Refuse to start with a WEBHOOK_URL that cannot be used, like any bad setting (exit status 2)."""
 from __future__ import annotations
 
-import sys
 
 from services.config import SettingsError
 from services.errors import AppError
@@ -22,10 +21,3 @@ def check_settings(settings) -> None:
     except AppError as exc:
         raise SettingsError(f"WEBHOOK_URL is refused by the fetch policy ({exc.code}): {exc.detail}") from None
 
-
-def check_settings_or_exit(settings) -> None:
-    try:
-        check_settings(settings)
-    except SettingsError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
