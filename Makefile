@@ -44,6 +44,8 @@ bench: venv
 	$(PY) bench/serverless.py
 	$(PY) bench/models.py
 	$(PY) bench/versions.py
+	$(PY) bench/s3_upload.py
+	$(PY) bench/view_stream.py
 
 clean:
 	rm -rf .data .pytest_cache

@@ -10,7 +10,7 @@ from typing import Any
 
 from client.errors import ClientError
 
-URL_FIELDS = ("signed_url", "public_url", "gcs_url")
+URL_FIELDS = ("signed_url", "public_url", "gcs_url", "s3_url")
 
 
 def save(result: dict[str, Any], folder: Path) -> list[str]:
@@ -32,6 +32,8 @@ def save(result: dict[str, Any], folder: Path) -> list[str]:
             url = next((output[f] for f in URL_FIELDS if output.get(f)), None)
             if url:
                 lines.append(str(url))
+            elif output.get("kept_path"):  # output_mode auto without a bucket: too big to inline
+                lines.append(f"kept on the worker: {output['kept_path']} (sha256 {output.get('sha256')})")
     return lines
 
 

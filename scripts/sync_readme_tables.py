@@ -1,4 +1,5 @@
-"""Rewrite README's generated tables (settings, error codes, metrics) from the code's registries.
+"""Rewrite README's generated tables (settings, error codes, metrics, output destinations) from the
+code's registries.
 
 `tests/test_readme.py` fails when README and code disagree; run this to bring README up to date.
 """
@@ -12,9 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services import config, errors  # noqa: E402
 from services.metrics import catalogue  # noqa: E402
+from services.outputs import registry as outputs  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TABLES = {"settings": config.markdown_table, "errors": errors.markdown_table, "metrics": catalogue.markdown_table}
+TABLES = {"settings": config.markdown_table, "errors": errors.markdown_table, "metrics": catalogue.markdown_table,
+          "outputs": outputs.markdown_table}
 
 
 def render(text: str) -> str:

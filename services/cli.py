@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from services import logs
 from services.config import Settings
 from services.errors import AppError
+from services.outputs import registry
 from services.versions.spec import SpecStore
 
 if TYPE_CHECKING:
@@ -26,12 +27,19 @@ def add_run_parser(sub) -> None:
     run = sub.add_parser("run", help="run one workflow and print the result JSON")
     run.add_argument("--workflow", required=True, type=Path, help="API-format workflow JSON file")
     run.add_argument("--version", dest="version_id", help="version id (default: DEFAULT_VERSION_ID)")
-    run.add_argument("--output", dest="output_mode", choices=("base64", "gcs"), help="output mode")
-    run.add_argument("--gcs-bucket")
-    run.add_argument("--gcs-prefix")
+    run.add_argument("--output", dest="output_mode", choices=registry.output_modes(), help="output mode")
+    for field in _destination_options():
+        run.add_argument("--" + field.replace("_", "-"), dest=field, help=f"the job's {field}")
     run.add_argument("--comfy-url", help="use this running ComfyUI instead of starting one")
     run.add_argument("--timeout", type=float, help="seconds before the job is interrupted")
     run.add_argument("--verbose", action="store_true", help="add timings and cache details")
+
+
+def _destination_options() -> tuple[str, ...]:
+    """The destinations' payload fields as options; credentials are not taken on a command line
+    (other users see it in `ps`): the CLI uploads with the environment's."""
+    secret = set(registry.secret_fields())
+    return tuple(f for f in registry.payload_fields() if f not in secret)
 
 
 def _progress_printer():
@@ -62,7 +70,7 @@ async def _run(args, settings: Settings) -> dict:
     except OSError as exc:
         raise AppError("invalid_workflow", f"cannot read {args.workflow}: {exc.strerror}", suffix="unreadable") from None
     payload = {"workflow": workflow_text, "version_id": args.version_id, "verbose": args.verbose}
-    for key in ("output_mode", "gcs_bucket", "gcs_prefix", "timeout"):
+    for key in ("output_mode", "timeout", *_destination_options()):
         if getattr(args, key) is not None:
             payload[key] = getattr(args, key)
     url = args.comfy_url or settings.comfy_url

@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from services.errors import AppError
 from services.outputs import gcs_names
+from services.outputs import s3_names
+from services.outputs import registry as output_registry
 from services.net.policy import parse_allow_hosts
 from services.net.target import parse_target
 from services.webhooks.signing import parse_secret
@@ -136,6 +138,35 @@ def parse_bucket(raw: str) -> str:
 
 def parse_buckets(raw: str) -> tuple[str, ...]:
     return tuple(parse_bucket(name) for name in parse_list(raw.replace(",", " ")))
+
+
+def parse_s3_bucket(raw: str) -> str:
+    # Checked at start-up, like parse_bucket, by S3's naming rules.
+    value = raw.strip()
+    problem = value and s3_names.bucket_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def parse_s3_buckets(raw: str) -> tuple[str, ...]:
+    return tuple(parse_s3_bucket(name) for name in parse_list(raw.replace(",", " ")))
+
+
+def parse_presign_ttl(raw: str) -> int:
+    # SigV4 presigned URLs are valid for at most 7 days; S3 refuses a longer one when it is used.
+    value = parse_int(raw)
+    if not 0 <= value <= 604800:
+        raise ValueError("expected 0 (no presigned URL) to 604800 seconds (7 days)")
+    return value
+
+
+def parse_output_mode(raw: str) -> str:
+    # The registry is read at each parse: a destination added to it is a valid OUTPUT_MODE.
+    return choice(*output_registry.output_modes())(raw)
+
+
+parse_output_mode.__doc__ = " | ".join(output_registry.output_modes())
 
 
 def choice(*options: str) -> Callable[[str], str]:
@@ -276,8 +307,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a job's uploaded inputs and saved outputs stay in ComfyUI's folders after its result is "
             "delivered (or it failed); `0` removes them at once. Leftovers of a process that died are removed "
             "once they are older than `JOB_TIMEOUT` plus this plus 10 minutes.", group="jobs"),
-    Setting("output_mode", ("OUTPUT_MODE",), choice("gcs", "base64"), "base64", "gcs",
-            "Default delivery of outputs: `gcs` (upload, return `gs://` URL) or `base64` (inline).", group="outputs"),
+    Setting("output_mode", ("OUTPUT_MODE",), parse_output_mode, "auto", "auto",
+            "Default `output_mode` of a job: `auto` (inline while the result stays within `INLINE_MAX_BYTES`, "
+            "the rest to the configured bucket, else kept in `OUTPUT_KEEP_DIR`) or a destination of README's "
+            "Outputs table (`base64`, `gcs`, ...).", group="outputs"),
+    Setting("inline_max_bytes", ("INLINE_MAX_BYTES",), parse_int, 8 * 2**20, 8 * 2**20,
+            "`auto`: base64 characters a result may inline in all (below RunPod's result caps).", group="outputs"),
+    Setting("base64_max_bytes", ("BASE64_MAX_BYTES",), parse_int, 16 * 2**20, 16 * 2**20,
+            "`base64`: base64 characters a job's outputs may take in all; past it the job fails with "
+            "`result_too_large` and its files are kept in `OUTPUT_KEEP_DIR`.", group="outputs"),
+    Setting("output_keep_dir", ("OUTPUT_KEEP_DIR",), parse_path, _under("data_root", "outputs"),
+            _under("data_root", "outputs"), "Where outputs are spooled while delivered, and kept when they fit "
+            "nowhere (`<job_id>/`); the operator removes kept files.", group="outputs"),
+    Setting("allow_plaintext_credentials", ("ALLOW_PLAINTEXT_CREDENTIALS",), parse_bool, False, False,
+            "`1`: accept storage credentials (`gcs_credentials`, ...) in a plaintext payload, where the Pod "
+            "stores them as sent; otherwise only inside an encrypted one (`credentials_need_encryption`).",
+            group="outputs"),
     Setting("gcs_bucket", ("GCS_BUCKET",), parse_bucket, "", "", "Bucket for `gcs` output (or per job `gcs_bucket`).", group="outputs"),
     Setting("gcs_allowed_buckets", ("GCS_ALLOWED_BUCKETS",), parse_buckets, (), (),
             "Buckets a job may upload to, space separated; a job naming another one fails with "
@@ -298,6 +343,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a V4 signed URL stays valid; 0 returns none.", group="outputs"),
     Setting("gcs_validate", ("GCS_VALIDATE",), parse_bool, True, True,
             "Check the bucket is reachable before the first upload.", group="outputs"),
+    Setting("s3_bucket", ("S3_BUCKET",), parse_s3_bucket, "", "", "Bucket for `s3` output (or per job `s3_bucket`).", group="outputs"),
+    Setting("s3_allowed_buckets", ("S3_ALLOWED_BUCKETS",), parse_s3_buckets, (), (),
+            "Buckets a job may upload to with `s3`, space separated; a job naming another one fails with "
+            "`s3_bucket_not_allowed`. Empty: any bucket the credentials can write.", group="outputs"),
+    Setting("s3_prefix", ("S3_PREFIX",), parse_str, "comfy/outputs", "comfy/outputs", "Key prefix for `s3` uploads.", group="outputs"),
+    Setting("s3_endpoint_url", ("S3_ENDPOINT_URL",), parse_url, "", "",
+            "S3-compatible endpoint (Cloudflare R2, MinIO, GCS interoperability); empty: AWS. Credentials come "
+            "from the standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
+            "`AWS_PROFILE`).", group="outputs"),
+    Setting("s3_region", ("S3_REGION",), parse_str, "", "",
+            "Region of the bucket (`auto` for R2); empty: `AWS_REGION`/`AWS_DEFAULT_REGION` or boto3's default.",
+            group="outputs"),
+    Setting("s3_signed_url_ttl", ("S3_SIGNED_URL_TTL",), parse_presign_ttl, 0, 0,
+            "Seconds a presigned GET URL (`signed_url`) stays valid, at most 604800; 0 returns none.", group="outputs"),
+    Setting("s3_multipart_threshold", ("S3_MULTIPART_THRESHOLD",), at_least(5 * 2**20), 64 * 2**20, 64 * 2**20,
+            "Bytes from which an output is uploaded in parts (8 MiB each, in parallel).", group="outputs"),
+    Setting("s3_retries", ("S3_RETRIES",), at_least(1), 3, 3, "Upload attempts before `s3_upload_failed`.", group="outputs"),
+    Setting("s3_retry_base_sleep", ("S3_RETRY_BASE_SLEEP",), parse_seconds, 0.5, 0.5,
+            "First back-off sleep between `s3` upload attempts (doubles each time).", group="outputs"),
+    Setting("provenance_png", ("PROVENANCE_PNG",), parse_bool, False, False,
+            "`1`: PNG outputs gain an `appliance-provenance` text chunk (the result's `provenance` as JSON); "
+            "the pixels are not re-encoded.", group="outputs"),
     Setting("api_host", ("API_HOST",), parse_str, "127.0.0.1", "0.0.0.0",
             "Address the Pod API binds. Anything but loopback needs `API_TOKEN` (or `ALLOW_UNAUTHENTICATED=1`): "
             "without it Pod mode refuses to start.", group="api"),

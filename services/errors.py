@@ -37,7 +37,8 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("invalid_version_id", 400, "A version id must be letters, digits, `.`, `_` or `-` (no `/`, no `..`).", suffix="<id>"),
     Code("unknown_version", 404, "No `versions/<id>.json` exists for that id.", suffix="<id>"),
     Code("invalid_version_spec", 500, "The version spec breaks versions/schema.json; `<where>` is the JSON path.", suffix="<id>:<where>"),
-    Code("invalid_output_mode", 400, "`output_mode` must be `gcs` or `base64`."),
+    Code("invalid_output_mode", 400, "`output_mode` must be `auto` or a destination of README's Outputs table (`base64`, `gcs`, ...)."),
+    Code("credentials_need_encryption", 400, "Storage credentials (`gcs_credentials`, ...) came in a plaintext payload; send them only inside an encrypted one (or set `ALLOW_PLAINTEXT_CREDENTIALS=1`).", suffix="<field>"),
     Code("invalid_input_image", 400, "An entry of `images` is malformed (name, base64 or URL).", suffix="<name>"),
     Code("forbidden_input", 400, "A file input of the workflow (LoadImage, LoadImageMask, LoadVideo, LoadAudio, ...) names something other than one of the job's own `images` or a file the version ships: another job's folder, a `[output]`/`[temp]`/`[input]` annotation, an absolute or `..` path, a backslash, a control character, a link or a non-string. Refused before ComfyUI sees the workflow.", suffix="<node_id>"),
     Code("unauthorized", 401, "`API_TOKEN` is set and the request lacks `Authorization: Bearer <token>` (the scheme in any case) and a live session cookie of `POST /session`, or `POST /session` got the wrong token."),
@@ -75,6 +76,7 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     Code("job_timeout", 504, "The job ran longer than `JOB_TIMEOUT` (or its own `timeout`) and was interrupted."),
     Code("no_outputs", 422, "The workflow finished but saved no output file (previews are not results)."),
     Code("output_fetch_failed", 502, "An output listed by ComfyUI could not be read back through `/view`.", suffix="<filename>"),
+    Code("output_too_large", 422, "An output file is larger than the appliance accepts for it (`max_bytes` gives the limit); reading stopped there and no partial copy is kept.", suffix="<filename>"),
     # Versions
     Code("version_not_installed", 409, "The job (or, at start, Pod mode's `comfyui` program) names a version that is not installed (or was installed from an older spec) and `AUTO_INSTALL_VERSIONS` is off; run `python -m services versions install <id>`.", suffix="<id>"),
     Code("version_install_failed", 500, "Installing the version failed and left nothing half-built (after `models` the environment is installed; only models are missing). `<what>`: `comfyui_fetch`, `comfyui_commit`, `node_fetch:<name>`, `node_commit:<name>`, `venv`, `requirements`, `filesystem` (disk full, read-only) or `models`.", suffix="<id>:<what>"),
@@ -93,7 +95,11 @@ CATALOGUE: dict[str, Code] = {c.prefix: c for c in (
     # Delivery
     Code("gcs_bucket_required", 400, "`output_mode=gcs` needs `GCS_BUCKET` or a per-job `gcs_bucket`."),
     Code("gcs_bucket_not_allowed", 403, "The bucket is not in `GCS_ALLOWED_BUCKETS`.", suffix="<bucket>"),
+    Code("result_too_large", 422, "`output_mode=base64`: the outputs as base64 pass `BASE64_MAX_BYTES`; nothing is returned inline, the files are kept on the worker (`outputs` lists their `sha256` and `kept_path`). Use `auto` or a bucket."),
     Code("gcs_upload_failed", 502, "Uploading an output to GCS failed after retries; nothing partial is reported as done.", suffix="<why>"),
+    Code("s3_bucket_required", 400, "`output_mode=s3` needs `S3_BUCKET` or a per-job `s3_bucket`."),
+    Code("s3_bucket_not_allowed", 403, "The bucket is not in `S3_ALLOWED_BUCKETS`.", suffix="<bucket>"),
+    Code("s3_upload_failed", 502, "Uploading an output to S3 failed: `unreachable`, `timeout`, the HTTP status after retries, `bucket_not_found`, `forbidden`, `credentials`, `exists` (the key holds other content), `checksum` (stored bytes differ; deleted) or `rejected`; nothing partial is reported as done.", suffix="<why>"),
 )}
 
 

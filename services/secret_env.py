@@ -24,16 +24,19 @@ from services.config import SETTINGS
 # Every variable that holds a secret or points at one. GOOGLE_APPLICATION_CREDENTIALS is a path,
 # but Google's libraries load it by themselves: any custom node using them would act as us.
 # RunPod puts its own API keys into Pods (RUNPOD_API_KEY) and workers (RUNPOD_AI_API_KEY).
+# The AWS variables are boto3's standard chain for `output_mode=s3` (AWS_PROFILE names the
+# credentials of ~/.aws that a custom node using boto3 would otherwise pick up).
+_AWS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"})
 SECRETS: frozenset[str] = frozenset(
     {name for setting in SETTINGS if setting.secret for name in setting.env}
-    | {"GOOGLE_APPLICATION_CREDENTIALS", "RUNPOD_API_KEY", "RUNPOD_AI_API_KEY"})
+    | {"GOOGLE_APPLICATION_CREDENTIALS", "RUNPOD_API_KEY", "RUNPOD_AI_API_KEY"} | _AWS)
 
 _DOWNLOADS = frozenset({"HF_TOKEN", "CIVITAI_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS"})
 
 GRANTS: dict[str, frozenset[str]] = {
-    # The Pod API checks tokens, opens envelopes, signs webhooks, uploads to GCS and fetches a
-    # job's missing models.
-    "api": frozenset({"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"}) | _DOWNLOADS,
+    # The Pod API checks tokens, opens envelopes, signs webhooks, uploads to GCS and S3 and
+    # fetches a job's missing models.
+    "api": frozenset({"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"}) | _DOWNLOADS | _AWS,
     "modelsync": _DOWNLOADS,
     "comfyui": frozenset(),
     "gpuwatch": frozenset(),

@@ -36,7 +36,11 @@ class TcpProxy:
         if self.block_websockets and b"upgrade: websocket" in first.lower():
             client.close()
             return
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:  # the target is down: the client sees its connection closed, not a hang
+            client.close()
+            return
         upstream.sendall(first)
         with self._lock:
             self._conns += [client, upstream]

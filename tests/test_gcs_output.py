@@ -154,13 +154,12 @@ def test_only_allowed_buckets_are_written(comfy, emulator):
     assert (err.value.code, err.value.status) == ("gcs_bucket_not_allowed:other-bucket", 403)
 
 
-def test_a_name_the_library_refuses_is_a_typed_failure_not_a_500():
+def test_a_name_the_library_refuses_is_a_typed_failure_not_a_500(tmp_path):
     """The backstop behind services/outputs/gcs_names.py: the library's own ValueError."""
-    from types import SimpleNamespace
+    from services.outputs.gcs import GcsDestination, GcsTarget
 
-    from services.outputs.gcs import GcsDelivery
-
-    delivery = GcsDelivery(Settings.from_env({"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "GCS_VALIDATE": "0"}))
+    destination = GcsDestination(Settings.from_env({"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "GCS_VALIDATE": "0"}))
+    (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(AppError) as err:
-        delivery._deliver("job", "a.png", b"x", "image/png", SimpleNamespace(gcs_bucket="-bad-", gcs_prefix="p"))
+        destination._deliver(GcsTarget("-bad-", "p"), "job", "a.png", tmp_path / "a.png", "image/png", {})
     assert err.value.code == "gcs_upload_failed:rejected"

@@ -28,8 +28,13 @@ SECRETS = {
     "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/key.json",
     "RUNPOD_API_KEY": "rp-secret-4",
     "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"webhook-secret-5" * 2).decode(),
+    "AWS_ACCESS_KEY_ID": "AKIA-secret-6",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-7",
+    "AWS_SESSION_TOKEN": "aws-session-8",
+    "AWS_PROFILE": "aws-profile-9",
 }
 DOWNLOADS = {"HF_TOKEN", "CIVITAI_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS"}
+UPLOADS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"}  # output_mode=s3
 # The expected grants, written out here rather than read from services/secret_env.py: the test
 # is the second opinion.
 EXPECTED = {
@@ -38,8 +43,8 @@ EXPECTED = {
     "gpuwatch": set(),
     "logforward": set(),
     "modelsync": DOWNLOADS,
-    "api": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"} | DOWNLOADS,
-    "api worker": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"} | DOWNLOADS,
+    "api": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"} | DOWNLOADS | UPLOADS,
+    "api worker": {"API_TOKEN", "WORKER_PRIVATE_KEY_B64", "WEBHOOK_SECRET"} | DOWNLOADS | UPLOADS,
 }
 
 

@@ -126,7 +126,8 @@ def test_job_counts_and_phase_durations_move_as_jobs_run(pod):
     assert status >= 400 and failed["job_id"]
     slow = call(pod, "POST", "/run", {"version_id": "demo", "workflow": workflows.sleep_then_save(1.5, steps=6),
                                       "async": True})[1]["job_id"]
-    doomed = call(pod, "POST", "/run", {"version_id": "demo", "workflow": workflows.sleep_then_save(30, steps=300),
+    # Long enough that it is still running when the test cancels it, however loaded the machine.
+    doomed = call(pod, "POST", "/run", {"version_id": "demo", "workflow": workflows.sleep_then_save(600, steps=6000),
                                         "async": True})[1]["job_id"]
     running = wait_for(lambda s: value(s, "appliance_jobs", state="running", version="demo") >= 1, pod)
     assert value(running, "appliance_queue_jobs") >= 1

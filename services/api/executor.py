@@ -130,7 +130,7 @@ class JobExecutor:
                 opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id, attempts=job.comfy_attempts,
                 on_progress=lambda p, job_id=job.id: self._on_progress(job_id, p),
                 on_submitted=lambda prompt_id, job_id=job.id: self._on_submitted(job_id, prompt_id),
-                on_attempt=lambda n, job_id=job.id: self._on_attempt(job_id, n))
+                on_attempt=lambda n, job_id=job.id: self._on_attempt(job_id, n), encrypted=opened.encrypted)
             reply = opened.reply(result)
             await asyncio.to_thread(self.store.finish, self.owner, job.id, reply, result.get("timings_ms"))
             return {"status": 200, "body": reply}

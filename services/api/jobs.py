@@ -85,7 +85,7 @@ class RunResource:
         if opened.encrypted:
             job_id = await self._accept_once(opened, job_id)
         try:
-            request, _spec, _workflow = self.runner.validate(opened.payload)
+            request, _spec, _workflow = self.runner.validate(opened.payload, opened.encrypted)
             webhook = await job_webhook(self.settings, self.policy, request.webhook_url, opened.encrypted)
         except AppError as exc:
             send_json(resp, opened.error(exc), exc.status)

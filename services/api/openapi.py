@@ -10,6 +10,7 @@ import json
 
 from services import __version__
 from services.model_types import ALL_TYPES
+from services.outputs import registry
 from services.store.states import DownloadState, JobState
 
 
@@ -65,8 +66,6 @@ SCHEMAS = {
             "workflow_url": {"type": "string", "format": "uri"},
             "webhook_url": {"type": "string", "format": "uri", "maxLength": 2048,
                             "description": "POSTed to, signed (Standard Webhooks), when the job ends"},
-            "output_mode": {"enum": ["gcs", "base64"]},
-            "gcs_bucket": {"type": "string"}, "gcs_prefix": {"type": "string"},
             "models_dir": {"type": "string"}, "verbose": {"type": "boolean"},
             "timeout": {"type": "number", "exclusiveMinimum": 0},
             "images": {"type": "array", "items": {
@@ -83,16 +82,30 @@ SCHEMAS = {
         "properties": {"node_id": {"type": "string"}, "filename": {"type": "string"},
                        "type": {"enum": ["image", "animated", "video", "audio", "3d", "file", "text"]},
                        "content_type": {"type": "string"}, "size": {"type": "integer"},
-                       "sha256": {"type": "string"}, "base64": {"type": "string"}, "gcs_url": {"type": "string"},
-                       "signed_url": {"type": "string"}, "public_url": {"type": "string"}, "text": {"type": "string"}},
+                       "sha256": {"type": "string"}, "text": {"type": "string"},
+                       "omitted": {"const": "too_large_for_inline"}, "kept_path": {"type": "string"},
+                       "detail": {"type": "string"},
+                       "cached": {"type": "boolean", "description": "ComfyUI served it from its cache: nothing of it ran in this job"}},
+    },
+    "Provenance": {
+        "type": "object", "description": "What produced the result (README: Jobs: payload and result)",
+        "properties": {"version_id": {"type": "string"}, "runtime": {"enum": ["version", "comfy_home", "external"]},
+                       "comfyui_commit": {"type": ["string", "null"]},
+                       "custom_nodes": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                       "models": {"type": "array", "items": {"type": "object", "properties": {
+                           "name": {"type": "string"}, "type": {"type": "string"},
+                           "sha256": {"type": ["string", "null"]}, "in_spec": {"type": "boolean"}}}},
+                       "workflow_sha256": {"type": "string"},
+                       "seeds": {"type": "object", "additionalProperties": {"type": "object"}}},
     },
     "RunResult": {
         "type": "object",
         "properties": {"job_id": {"type": "string"}, "prompt_id": {"type": "string"}, "version_id": {"type": "string"},
                        "outputs": {"type": "array", "items": _ref("Output")},
-                       "base64": {"type": "string"}, "gcs_url": {"type": "string"}, "size": {"type": "integer"},
+                       "size": {"type": "integer"},
                        "timings_ms": {"type": "object"}, "dry_run": {"type": "boolean"},
-                       "cached_nodes": {"type": "array", "items": {"type": "string"}}},
+                       "cached_nodes": {"type": "array", "items": {"type": "string"}},
+                       "provenance": _ref("Provenance")},
     },
     "Job": {
         "type": "object", "required": ["job_id", "state"],
@@ -283,11 +296,23 @@ COMFY_UI_PATHS = {"/comfy/{path}": {
                           "401": ERROR, "403": ERROR, "421": ERROR, "503": ERROR}}}}
 
 
+def _with_destinations(schemas: dict) -> dict:
+    """RunRequest, Output and RunResult gain the fields of the output destinations
+    (services/outputs/registry.py), read when the document is built."""
+    strings = {f: {"type": "string"} for f in registry.result_fields()}
+    run = schemas["RunRequest"]
+    return {**schemas,
+            "RunRequest": {**run, "properties": {**run["properties"], "output_mode": {"enum": list(registry.output_modes())},
+                                                 **registry.payload_schema()}},
+            **{name: {**schemas[name], "properties": {**schemas[name]["properties"], **strings}}
+               for name in ("Output", "RunResult")}}
+
+
 def document(paths: dict | None = None, schemas: dict | None = None) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "ComfyUI appliance Pod API", "version": __version__},
-        "components": {"schemas": {**SCHEMAS, **(schemas or {})},
+        "components": {"schemas": _with_destinations({**SCHEMAS, **(schemas or {})}),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "Only when API_TOKEN is set"}}},
         "security": [{}, {"bearer": []}],

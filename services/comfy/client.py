@@ -19,11 +19,16 @@ The client never knows whether it talks to a real ComfyUI or the test stand-in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import os
+import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
@@ -39,6 +44,7 @@ _PENDING, _RUNNING = "pending", "running"  # where _poll found a prompt
 _CONNECTED = {"type": "_connected"}
 _BUFFER_PROMPTS = 256   # prompts whose events arrived before anyone waited on them
 _BUFFER_EVENTS = 64     # per prompt; later progress frames of an orphan are dropped
+_VIEW_CHUNK = 1 << 20   # bytes per read of a streamed output: memory stays a few chunks whatever its size
 
 
 @dataclass(frozen=True)
@@ -91,20 +97,27 @@ class ComfyClient:
             await self._session.close()
             self._session = None
 
-    async def _call(self, method: str, path: str, *, expect_json: bool = True, **kwargs) -> Any:
-        url = self.base_url + path
+    @contextlib.asynccontextmanager
+    async def _request(self, method: str, path: str, **kwargs) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request; a transport failure while it is open, reading the body included, becomes
+        `_Crashed` (connection refused) or `comfy_unreachable`."""
         try:
-            async with self._http().request(method, url, **kwargs) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    return _HttpFailure(resp.status, body)
-                if not expect_json:
-                    return body
-                return json.loads(body) if body else None
+            async with self._http().request(method, self.base_url + path, **kwargs) as resp:
+                yield resp
         except aiohttp.ClientConnectorError as exc:
             raise _Crashed(str(exc)) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise AppError("comfy_unreachable", f"{method} {path}: {type(exc).__name__}") from None
+
+    async def _call(self, method: str, path: str, *, expect_json: bool = True, **kwargs) -> Any:
+        async with self._request(method, path, **kwargs) as resp:
+            body = await resp.read()
+        if resp.status >= 400:
+            return _HttpFailure(resp.status, body)
+        if not expect_json:
+            return body
+        try:
+            return json.loads(body) if body else None
         except json.JSONDecodeError:
             raise AppError("comfy_protocol_error", f"{method} {path} answered non-JSON") from None
 
@@ -114,7 +127,10 @@ class ComfyClient:
         try:
             return await self._call(method, path, **kwargs)
         except _Crashed as exc:
-            raise AppError("comfy_unreachable", f"no ComfyUI at {self.base_url} ({exc})") from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: _Crashed) -> AppError:
+        return AppError("comfy_unreachable", f"no ComfyUI at {self.base_url} ({exc})")
 
     async def _checked(self, method: str, path: str, **kwargs) -> Any:
         result = await self._reach(method, path, **kwargs)
@@ -165,11 +181,42 @@ class ComfyClient:
                             expect_json=False)
 
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        """A whole output in memory: for small files only; see `view_to_file`."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
         result = await self._reach("GET", "/view", params=params, expect_json=False)
         if isinstance(result, _HttpFailure):
             raise AppError("output_fetch_failed", f"/view answered HTTP {result.status}", suffix=filename)
         return result
+
+    async def view_to_file(self, path: Path, *, filename: str, subfolder: str = "", type: str = "output",
+                           max_bytes: int | None = None) -> tuple[int, str]:
+        """Stream an output from `/view` into `path` (a new file, mode 0600) and return its size
+        and sha256 hex: memory stays a few MiB however large the file (a video can be GBs).
+
+        Errors are `view`'s (`output_fetch_failed:<filename>`, `comfy_unreachable`, also when
+        ComfyUI dies mid-file), plus `output_too_large:<filename>` past `max_bytes`, found from
+        Content-Length before any byte is read or else as soon as the count passes it. On any
+        failure or cancellation the partial file is removed; an existing `path` is never
+        replaced (FileExistsError)."""
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        # A large file takes longer than the request timeout to arrive: only silence counts.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._request_timeout.total)
+        spool = _Spool(Path(path))
+        try:
+            # identity: the bytes counted against max_bytes are the file's, not a compressed form.
+            async with self._request("GET", "/view", params=params, timeout=timeout, read_bufsize=_VIEW_CHUNK,
+                                     headers={"Accept-Encoding": "identity"}) as resp:
+                if resp.status >= 400:
+                    raise AppError("output_fetch_failed", f"/view answered HTTP {resp.status}", suffix=filename)
+                _check_size(resp.content_length or 0, max_bytes, filename)
+                await _copy(resp.content, spool, max_bytes, filename)
+            spool.close()
+        except BaseException as exc:
+            spool.discard()
+            if isinstance(exc, _Crashed):
+                raise self._unreachable(exc) from None
+            raise
+        return spool.size, spool.digest.hexdigest()
 
     async def upload_image(self, data: bytes, filename: str, *, subfolder: str = "",
                            overwrite: bool = True, type: str = "input") -> dict:
@@ -374,6 +421,69 @@ class ComfyClient:
 class _HttpFailure:
     status: int
     body: bytes
+
+
+class _Spool:
+    """The file `view_to_file` writes, hashed as it is written. Writes run in a worker thread
+    (a slow disk must not stall the event loop); the lock makes `discard` wait for a write in
+    flight, so the descriptor is never closed under it (nor its number reused by another file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd: int | None = os.open(path, flags, 0o600)
+        self._lock = threading.Lock()
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        with self._lock:
+            if self._fd is None:
+                return  # discarded while this write waited for a thread
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view):]
+            self.digest.update(chunk)
+            self.size += len(chunk)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def _copy(stream: aiohttp.StreamReader, spool: _Spool, max_bytes: int | None, filename: str) -> None:
+    """Read the next chunk while the previous one is written: one write in flight at a time,
+    so chunks land (and are hashed) in order and memory holds at most two of them."""
+    loop = asyncio.get_running_loop()
+    writing: asyncio.Future | None = None
+    received = 0
+    try:
+        async for chunk in stream.iter_chunked(_VIEW_CHUNK):
+            received += len(chunk)
+            _check_size(received, max_bytes, filename)
+            if writing is not None:
+                await writing
+            writing = loop.run_in_executor(None, spool.write, chunk)
+        if writing is not None:
+            await writing
+            writing = None
+    finally:
+        if writing is not None and not writing.done():
+            # Failing or cancelled: the thread keeps its chunk until the write ends; `discard`
+            # then waits on the lock. The future's outcome no longer matters.
+            writing.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+def _check_size(size: int, max_bytes: int | None, filename: str) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise AppError("output_too_large", f"the output is larger than {max_bytes} bytes", suffix=filename,
+                       extra={"max_bytes": max_bytes})
 
 
 def _queue_item_id(item: Any) -> str | None:

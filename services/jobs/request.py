@@ -1,12 +1,18 @@
 """A job's payload, checked and typed before anything runs.
 
 The payload is the seeds' (`version_id`, `workflow` | `workflow_url`, `output_mode`,
-`gcs_bucket`, `gcs_prefix`, `models_dir`, `verbose`) plus `images` (input files uploaded to
-ComfyUI before the run), `timeout` and `webhook_url` (Pod mode: where the job's end is POSTed;
-where it may point is the Pod's fetch policy, services/api/webhooks.py). Every mistake is an `AppError` naming the field, raised
-before ComfyUI sees anything; no input may end as a 5xx later (too deep, NaN, a 400-digit
-number, a name with a trailing newline, a bucket name the GCS library refuses). Names are
-matched as whole strings (`fullmatch`: `$` also matches before a final newline).
+`models_dir`, `verbose`) plus `images` (input files uploaded to ComfyUI before the run),
+`timeout`, `webhook_url` (Pod mode: where the job's end is POSTed; where it may point is the
+Pod's fetch policy, services/api/webhooks.py) and the fields of the output destinations
+(services/outputs/registry.py: `gcs_bucket`, `gcs_prefix`, ...), which the chosen destination
+checks itself. Every mistake is an `AppError` naming the field, raised before ComfyUI sees
+anything; no input may end as a 5xx later (too deep, NaN, a 400-digit number, a name with a
+trailing newline, a bucket name the GCS library refuses). Names are matched as whole strings
+(`fullmatch`: `$` also matches before a final newline).
+
+Storage credentials in a payload (a destination's `secret_fields`) are accepted only from an
+encrypted payload, or where ALLOW_PLAINTEXT_CREDENTIALS=1: the Pod stores a payload as it
+arrived, and only an envelope keeps them sealed there.
 """
 from __future__ import annotations
 
@@ -18,10 +24,9 @@ from urllib.parse import urlsplit
 
 from services import jsonlimits
 from services.errors import AppError
-from services.outputs import gcs_names
+from services.outputs import registry
 from services.versions.spec import check_version_id
 
-OUTPUT_MODES = ("gcs", "base64")
 _IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,199}")
 MAX_WEBHOOK_URL = 2048
 
@@ -39,9 +44,9 @@ class JobRequest:
     workflow: Any            # decoded JSON (a string workflow is decoded here), None when
                              # workflow_url or the spec's default is used
     workflow_url: str | None
-    output_mode: str
-    gcs_bucket: str
-    gcs_prefix: str
+    output_mode: str         # a destination's name or "auto"
+    destination: str | None  # the bucket destination files go to ("auto": those that do not fit inline)
+    target: object           # its validated per-job target (may hold credentials: never logged)
     models_dir: str | None
     verbose: bool
     images: tuple[InputImage, ...]
@@ -118,24 +123,29 @@ def _workflow(payload: dict) -> Any:
     return workflow
 
 
-def _gcs_target(payload: dict, settings, output_mode: str) -> tuple[str, str]:
-    bucket = _optional_str(payload, "gcs_bucket")
-    if bucket is not None and bucket != "":
-        problem = gcs_names.bucket_problem(bucket)
-        if problem:
-            raise _bad("gcs_bucket", problem)
-    bucket = bucket or settings.gcs_bucket
-    if output_mode == "gcs":
-        if not bucket:
-            raise AppError("gcs_bucket_required", "output_mode gcs needs gcs_bucket or GCS_BUCKET")
-        if settings.gcs_allowed_buckets and bucket not in settings.gcs_allowed_buckets:
-            raise AppError("gcs_bucket_not_allowed", "this worker uploads only to the buckets in GCS_ALLOWED_BUCKETS",
-                           suffix=bucket)
-    prefix = (_optional_str(payload, "gcs_prefix") or settings.gcs_prefix).strip("/")
-    problem = gcs_names.prefix_problem(prefix)
-    if problem:
-        raise _bad("gcs_prefix", problem)
-    return bucket, prefix
+def _output(payload: dict, settings, encrypted: bool) -> tuple[str, str | None, object]:
+    """The output mode, the bucket destination it uses (None: inline only) and its target."""
+    output_mode = payload.get("output_mode") or settings.output_mode
+    modes = registry.output_modes()
+    if output_mode not in modes:
+        raise AppError("invalid_output_mode", f"output_mode must be one of {', '.join(modes)}")
+    if not (encrypted or settings.allow_plaintext_credentials):
+        for field in registry.secret_fields():
+            if payload.get(field) not in (None, ""):
+                raise AppError("credentials_need_encryption", f"{field} is accepted only inside an encrypted "
+                               "payload (a plaintext payload is stored as it arrived)", suffix=field)
+    if output_mode == registry.INLINE:
+        return output_mode, None, None
+    if output_mode == registry.AUTO:
+        # The destination the job names fields of, else the first one with a default bucket.
+        candidates = registry.bucket_destinations()
+        named = [cls for cls in candidates if any(payload.get(f) not in (None, "") for f in cls.payload_fields)]
+        chosen = (named or [cls for cls in candidates if cls(settings).configured(settings)] or [None])[0]
+    else:
+        chosen = registry.by_name()[output_mode]
+    if chosen is None:
+        return output_mode, None, None
+    return output_mode, chosen.name, chosen(settings).target(payload, settings)
 
 
 def parse_images(value: Any) -> tuple[InputImage, ...]:
@@ -163,7 +173,7 @@ def parse_images(value: Any) -> tuple[InputImage, ...]:
     return tuple(images)
 
 
-def parse_request(payload: Any, settings) -> JobRequest:
+def parse_request(payload: Any, settings, encrypted: bool = False) -> JobRequest:
     if not isinstance(payload, dict):
         raise _bad("input", "the payload must be a JSON object")
     jsonlimits.check(payload)  # the Pod API checked its body already; RunPod's input arrives unchecked
@@ -182,10 +192,7 @@ def parse_request(payload: Any, settings) -> JobRequest:
         raise AppError("workflow_url_invalid", "workflow_url must be an http:// or https:// URL")
     workflow = _workflow(payload)
 
-    output_mode = payload.get("output_mode") or settings.output_mode
-    if output_mode not in OUTPUT_MODES:
-        raise AppError("invalid_output_mode", f"output_mode must be one of {', '.join(OUTPUT_MODES)}")
-    gcs_bucket, gcs_prefix = _gcs_target(payload, settings, output_mode)
+    output_mode, destination, target = _output(payload, settings, encrypted)
     timeout = _timeout(payload, settings)
 
     models_dir = _optional_str(payload, "models_dir")
@@ -202,8 +209,8 @@ def parse_request(payload: Any, settings) -> JobRequest:
         workflow=workflow,
         workflow_url=workflow_url,
         output_mode=output_mode,
-        gcs_bucket=gcs_bucket,
-        gcs_prefix=gcs_prefix,
+        destination=destination,
+        target=target,
         models_dir=models_dir,
         verbose=_bool(payload, "verbose"),
         images=parse_images(payload.get("images")),

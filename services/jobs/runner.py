@@ -3,7 +3,7 @@
 validate -> (dry run ends here) -> ComfyUI ready -> check file inputs -> upload inputs ->
 submit -> wait (timeout, cancel, stall watchdog) -> collect outputs -> deliver -> remove the job's
 files. Pod API, serverless handler and CLI all run jobs through this one class; what differs
-between them is the `ComfyProvider` (who owns ComfyUI) and the deliveries they configure.
+between them is the `ComfyProvider` (who owns ComfyUI).
 
 ComfyUI restarts are routine on GPUs (a crashing node, a driver fault, the stall watchdog): the
 provider makes a job wait while ComfyUI comes back, and a job whose prompt died with ComfyUI
@@ -26,14 +26,15 @@ from services import logs
 from services.comfy.client import ComfyClient, ProgressCallback
 from services.comfy.provider import ComfyProvider
 from services.errors import AppError
-from services.jobs.delivery import Base64Delivery, Delivery, deliver_outcome
+from services.jobs.delivery import Deliverer
 from services.jobs.fetch import FetchFailed, fetch_bytes
 from services.jobs.file_inputs import JOBS_FOLDER, FileInputs, check_file_inputs
+from services.jobs import provenance
 from services.jobs.job_files import JobFiles
 from services.jobs.request import InputImage, JobRequest, parse_request
 from services.jobs.workflow import fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
 from services.net.aio import guarded_session
-from services.outputs.gcs import GcsDelivery
+from services.outputs import registry
 from services.versions.models import check_models
 from services.versions.spec import SpecStore, VersionSpec
 
@@ -58,12 +59,11 @@ class Stopwatch:
 
 
 class JobRunner:
-    def __init__(self, settings, specs: SpecStore, provider: ComfyProvider,
-                 deliveries: dict[str, Delivery] | None = None):
+    def __init__(self, settings, specs: SpecStore, provider: ComfyProvider):
         self.settings = settings
         self.specs = specs
         self.provider = provider
-        self.deliveries = deliveries or {"base64": Base64Delivery(), "gcs": GcsDelivery(settings)}
+        self.deliverer = Deliverer(settings)
         self.files = JobFiles.from_settings(settings)
         self._http: aiohttp.ClientSession | None = None
 
@@ -76,20 +76,19 @@ class JobRunner:
         if self._http is not None:
             await self._http.close()
 
-    def validate(self, payload: Any) -> tuple[JobRequest, VersionSpec, dict[str, Any] | None]:
-        """The checks that need no network: payload, version spec, an inline workflow."""
-        request = parse_request(payload, self.settings)
+    def validate(self, payload: Any, encrypted: bool = False) -> tuple[JobRequest, VersionSpec, dict[str, Any] | None]:
+        """The checks that need no network: payload, version spec, an inline workflow. `encrypted`:
+        the payload came sealed (it may then carry storage credentials: services/jobs/request.py)."""
+        request = parse_request(payload, self.settings, encrypted)
         spec = self.specs.load(request.version_id)
-        if request.output_mode not in self.deliveries:
-            raise AppError("invalid_output_mode", f"output_mode {request.output_mode} is not configured here")
         workflow = parse_workflow(request.workflow) if request.workflow is not None else None
         if workflow is None and request.workflow_url is None and spec.workflow is None:
             raise AppError("missing_workflow", f"send workflow or workflow_url (version {spec.id} has no default)")
         return request, spec, workflow
 
-    async def prepare(self, payload: Any) -> tuple[JobRequest, VersionSpec, dict[str, Any]]:
+    async def prepare(self, payload: Any, encrypted: bool = False) -> tuple[JobRequest, VersionSpec, dict[str, Any]]:
         """Everything that can fail on bad input, before any ComfyUI work."""
-        request, spec, workflow = self.validate(payload)
+        request, spec, workflow = self.validate(payload, encrypted)
         if workflow is None and request.workflow_url is not None:
             workflow = await fetch_workflow(request.workflow_url, max_bytes=self.settings.workflow_url_max_bytes,
                                             timeout=self.settings.workflow_url_timeout, session=self._session())
@@ -101,15 +100,17 @@ class JobRunner:
                   on_progress: ProgressCallback | None = None,
                   on_submitted: Callable[[str], Awaitable[None] | None] | None = None,
                   resume_prompt_id: str | None = None, attempts: int = 0,
-                  on_attempt: Callable[[int], Awaitable[None] | None] | None = None) -> dict[str, Any]:
+                  on_attempt: Callable[[int], Awaitable[None] | None] | None = None,
+                  encrypted: bool = False) -> dict[str, Any]:
         """Run one job. `resume_prompt_id`: the job's prompt was submitted by a worker that died;
         wait on it if ComfyUI still has it, else submit the job again. `attempts`: how often the
-        job was handed to ComfyUI before (stored with a Pod job); `on_attempt(n)` is told each new one."""
+        job was handed to ComfyUI before (stored with a Pod job); `on_attempt(n)` is told each new one.
+        `encrypted`: the payload came sealed (see `validate`)."""
         watch = Stopwatch()
         job_id = job_id or uuid.uuid4().hex
         if not _JOB_ID_RE.fullmatch(job_id):
             raise AppError("invalid_payload", "job_id is 1-64 letters, digits, '.', '_' or '-'", suffix="job_id")
-        request, spec, workflow = await self.prepare(payload)
+        request, spec, workflow = await self.prepare(payload, encrypted)
         watch.lap("validate")
         if self.settings.dry_run:
             return {"job_id": job_id, "version_id": spec.id, "dry_run": True, "outputs": []}
@@ -151,7 +152,7 @@ class JobRunner:
         self.files.prepare(job_id)
         try:
             return await self._run_prompt(comfy, request, spec, prompt, job_id, watch, on_progress, on_submitted,
-                                          resume_prompt_id)
+                                          resume_prompt_id, workflow)
         finally:
             # Shielded: a cancelled job's files must go too.
             await asyncio.shield(self.files.release(job_id))
@@ -159,7 +160,8 @@ class JobRunner:
     async def _run_prompt(self, comfy: ComfyClient, request: JobRequest, spec: VersionSpec, prompt: dict[str, Any],
                           job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
                           on_submitted: Callable[[str], Awaitable[None] | None] | None,
-                          resume_prompt_id: str | None) -> dict[str, Any]:
+                          resume_prompt_id: str | None, workflow: dict[str, Any]) -> dict[str, Any]:
+        """`workflow` is the job's workflow before `prompt` was made from it (the provenance's hash)."""
         outcome = None
         if resume_prompt_id:
             prompt_id = resume_prompt_id
@@ -181,7 +183,10 @@ class JobRunner:
         if self.settings.no_history:
             await self._forget(comfy, prompt_id)
             return {"prompt_id": prompt_id}
-        outputs = await deliver_outcome(comfy, outcome, self.deliveries[request.output_mode], job_id, request)
+        origin = await asyncio.to_thread(provenance.build, spec, self.settings, workflow,
+                                         self.provider.current_version)
+        outputs = await self.deliverer.deliver(comfy, outcome, request, job_id,
+                                               provenance.OutputStamp.of(origin, prompt, outcome, self.settings))
         watch.lap("deliver")
         if not outputs:
             raise AppError("no_outputs", "the workflow saved no file; add a save node (SaveImage, SaveVideo, ...)",
@@ -191,11 +196,12 @@ class JobRunner:
         first = next((o for o in outputs if "filename" in o), None)
         if first is not None:
             # The seeds' single-output shape: {"base64"|"gcs_url", "size", ...} of the first file.
-            for key in ("base64", "gcs_url", "signed_url", "public_url"):
+            for key in registry.result_fields():
                 if key in first:
                     result[key] = first[key]
             result["size"] = first["size"]
         result["timings_ms"] = watch.marks
+        result["provenance"] = origin
         if request.verbose:
             result["cached_nodes"] = outcome.cached_nodes
         log.info("job_done", job_id=job_id, prompt_id=prompt_id, outputs=len(outputs), **watch.marks)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from services.outputs import names
+
 _BUCKET_CHARS = re.compile(r"[a-z0-9][a-z0-9._-]*[a-z0-9]")
 # "google" and the close misspellings Google names (g00gle, goog1e, ...) are reserved.
 _GOOGLE_LIKE = re.compile(r"g[o0]{2}g[l1]e")
-MAX_PREFIX_BYTES = 512  # an object name is at most 1024 bytes; leave room for <job_id>/<file>
 _PREFIX_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f#?\[\]*]")  # control chars; wildcard/URL characters
 
 
@@ -39,16 +40,8 @@ def bucket_problem(name: str) -> str | None:
 
 def prefix_problem(prefix: str) -> str | None:
     """Why `prefix` (slashes already stripped at both ends) cannot start object names, or None."""
-    try:
-        encoded = prefix.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON, not valid UTF-8
-        return "gcs_prefix is not valid Unicode text"
-    if len(encoded) > MAX_PREFIX_BYTES:
-        return f"gcs_prefix is at most {MAX_PREFIX_BYTES} bytes"
-    if _PREFIX_FORBIDDEN.search(prefix):
-        return "gcs_prefix may not hold control characters or any of # ? [ ] *"
-    if any(part in (".", "..") for part in prefix.split("/")):
-        return "gcs_prefix may not have '.' or '..' parts"
+    if problem := names.prefix_problem(prefix, "gcs_prefix", _PREFIX_FORBIDDEN, "# ? [ ] *", empty_parts=True):
+        return problem
     if prefix.startswith(".well-known/acme-challenge"):
         return "gcs_prefix may not start with .well-known/acme-challenge"
     return None

@@ -198,7 +198,8 @@ class Worker:
                 raise AppError("invalid_payload", "webhook_url is a Pod mode field; on RunPod serverless give "
                                "the request its own `webhook` (RunPod calls it)", suffix="webhook_url")
             async with self._until_shutdown(job_id):
-                result = await self.runner.run(opened.payload, job_id=job_id, on_progress=self._progress(job))
+                result = await self.runner.run(opened.payload, job_id=job_id, on_progress=self._progress(job),
+                                               encrypted=opened.encrypted)
         except AppError as exc:
             return self._failure(exc, opened)
         except Exception as exc:  # a bug must still answer with a code, and keep the worker
