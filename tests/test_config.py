@@ -13,7 +13,7 @@ def test_local_defaults_live_under_the_checkout():
     assert s.data_root == REPO_ROOT / ".data"
     assert s.comfy_home == REPO_ROOT / ".data" / "ComfyUI"
     assert s.models_dir == REPO_ROOT / ".data" / "models"
-    assert s.output_mode == "base64"
+    assert s.output_mode == "auto"  # inline base64 while it fits; no bucket is configured locally
     assert s.api_host == "127.0.0.1" and s.comfy_host == "127.0.0.1"
     assert s.mode == "serverless"
     assert s.default_version_id == "demo" and s.active_versions == ("demo",)  # `make run` installs and runs it
@@ -24,7 +24,9 @@ def test_image_profile_uses_the_seeds_defaults():
     s = Settings.from_env({"APPLIANCE_PROFILE": "image"})
     assert s.comfy_home == Path("/workspace/ComfyUI")
     assert s.models_dir == Path("/workspace/models")
-    assert s.output_mode == "gcs"
+    # The seeds' `gcs` default became `auto` (issue 15): with GCS_BUCKET set, what does not fit
+    # inline goes to the bucket, and a result never outgrows RunPod's cap; OUTPUT_MODE=gcs still works.
+    assert s.output_mode == "auto"
     assert s.gcs_prefix == "comfy/outputs"
     assert (s.gcs_retries, s.gcs_retry_base_sleep, s.gcs_public, s.gcs_signed_url_ttl, s.gcs_validate) == (3, 0.5, False, 0, True)
     assert s.api_port == 8000
@@ -100,7 +102,7 @@ def test_bad_setting_stops_start_up_with_one_line():
     proc = subprocess.run([sys.executable, "-m", "services", "settings"], cwd=REPO_ROOT,
                           env={"OUTPUT_MODE": "ftp", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["config error: invalid setting OUTPUT_MODE='ftp': expected one of gcs, base64"]
+    assert proc.stderr.strip().splitlines() == ["config error: invalid setting OUTPUT_MODE='ftp': expected one of auto, base64, gcs, s3"]
 
 
 def test_every_setting_is_in_readme():
