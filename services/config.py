@@ -299,6 +299,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest workflow accepted from `workflow_url`.", group="jobs"),
     Setting("workflow_url_timeout", ("WORKFLOW_URL_TIMEOUT",), parse_seconds, 15.0, 15.0,
             "Seconds allowed to fetch `workflow_url`.", group="jobs"),
+    Setting("job_models_max_bytes", ("JOB_MODELS_MAX_BYTES",), at_least(0), 20 * 2**30, 20 * 2**30,
+            "Most bytes of models one job may bring with `models` (declared sizes at submission, fetched bytes "
+            "while it runs); `0` refuses per-job models.", group="jobs"),
     Setting("dry_run", ("DRY_RUN",), parse_bool, False, False,
             "`1`: answer success at once without starting ComfyUI (smoke tests).", group="jobs"),
     Setting("no_history", ("NO_HISTORY",), parse_bool, False, False,
@@ -497,6 +500,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Versions whose models `modelsync` keeps present and verified, space separated.", group="models"),
     Setting("modelsync_poll_interval", ("MODELSYNC_POLL_INTERVAL",), parse_seconds, 5.0, 5.0,
             "Seconds `modelsync` sleeps when no download is queued before it looks again.", group="models"),
+    Setting("model_cache_max_bytes", ("MODEL_CACHE_MAX_BYTES",), at_least(0), 0, 0,
+            "Size budget of the model cache (`COMFY_CACHE_ROOT/models`) in bytes; past it `modelsync` evicts the "
+            "least recently used models, never those of `ACTIVE_VERSIONS`, of running jobs or being downloaded "
+            "(README's Model cache). `0`: no budget.", group="models"),
     Setting("log_silent", ("LOG_SILENT",), parse_bool, False, False,
             "`1`: suppress informational logs (errors are still written).", group="logs"),
     Setting("log_level", ("LOG_LEVEL",), choice("debug", "info", "warning", "error"), "info", "info",

@@ -103,7 +103,7 @@ def test_run_returns_a_png_through_supervisord(pod):
     ("POST", "/run", {"workflow": "{broken"}, 400, "invalid_workflow:not_json"),
     ("POST", "/run", {"workflow": workflows.image(), "async": "yes"}, 400, "invalid_payload:async"),
     ("POST", "/run", {"workflow": workflows.image(), "job_id": "../../etc"}, 400, "invalid_payload:job_id"),
-    ("POST", "/run", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, 400, "workflow_rejected:invalid_prompt"),
+    ("POST", "/run", {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}, 400, "workflow_rejected:missing_nodes"),
     ("POST", "/run", {"encrypted": True, "epk": "AAAA"}, 400, "missing encrypted fields"),
     ("GET", "/jobs/does-not-exist", None, 404, "not_found"),
     ("DELETE", "/jobs/does-not-exist", None, 404, "not_found"),

@@ -14,8 +14,6 @@ import zlib
 import pytest
 from PIL import Image
 
-from services.comfy.client import ComfyClient
-from services.comfy.provider import FixedComfy
 from services.comfy.versioned import VersionedComfy
 from services.config import Settings
 from services.jobs import provenance
@@ -24,7 +22,7 @@ from services.models.cache import cache_root, index_path
 from services.models.index import HashIndex
 from services.versions.install import install
 from services.versions.spec import SpecStore
-from tests import workflows
+from tests import runner_support, workflows
 from tests.versions_support import MAIN_PY, World, commit, file_url, write_spec
 
 
@@ -59,15 +57,7 @@ def with_seed(workflow: dict, seed: int) -> dict:
 
 
 async def run_jobs(url: str, payloads: list[dict], env: dict | None = None) -> list[dict]:
-    """One after another: the cache flag depends on what ComfyUI ran just before."""
-    settings = Settings.from_env({"DEFAULT_VERSION_ID": "demo", **(env or {})})
-    client = ComfyClient(url)
-    runner = JobRunner(settings, SpecStore(settings.versions_dir), FixedComfy(client))
-    try:
-        return [await runner.run(p) for p in payloads]
-    finally:
-        await runner.close()
-        await client.close()
+    return await runner_support.run_jobs(url, payloads, Settings.from_env({"DEFAULT_VERSION_ID": "demo", **(env or {})}))
 
 
 # ---- against ComfyUI (stand-in here, a real one with `make test-real`) ----------------------

@@ -84,7 +84,7 @@ def test_unknown_node_and_missing_input_are_rejected_with_node_errors(comfy):
     with pytest.raises(AppError) as err:
         one(comfy.url, {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}},
                                      "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}})
-    assert err.value.code == "workflow_rejected:invalid_prompt"
+    assert err.value.code == "workflow_rejected:missing_nodes"  # pre-flight: ComfyUI never sees it
     with pytest.raises(AppError) as err:
         one(comfy.url, {"workflow": {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}})
     assert err.value.code == "workflow_rejected:prompt_outputs_failed_validation"

@@ -117,7 +117,7 @@ def test_run_then_status(handler):
     ({"workflow": "{not json"}, "invalid_workflow:not_json"),
     ({"workflow": workflows.image(), "workflow_url": "http://127.0.0.1:9/w"}, "workflow_conflict"),
     ({"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}},
-     "workflow_rejected:invalid_prompt"),
+     "workflow_rejected:missing_nodes"),
     ({"encrypted": True, "epk": "AAAA"}, "missing encrypted fields"),
 ])
 def test_bad_payloads_fail_with_their_code(handler, job_input, code):

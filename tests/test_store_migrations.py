@@ -39,7 +39,7 @@ def old_database(path: Path, *scripts: str) -> Path:
 
 
 # What migrations 4 and later add to an existing job row, at their defaults.
-ADDED_JOB_COLUMNS = {"comfy_attempts": 0, "webhook": None, "timings_ms": None}
+ADDED_JOB_COLUMNS = {"comfy_attempts": 0, "webhook": None, "timings_ms": None, "request_sha256": None}
 
 
 def rows(path: Path, table: str) -> list[dict]:

@@ -50,3 +50,17 @@ def hanging(seconds: float = 60.0) -> dict:
     return {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
             "2": {"class_type": "StandinHang", "inputs": {"seconds": seconds, "images": ["1", 0]}},
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "hung"}}}
+
+
+def txt2img(checkpoint: str, steps: int = 2) -> dict:
+    """SD1.5 txt2img: loads `checkpoint` from the checkpoints folder (a name ComfyUI must list)."""
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+            "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
+            "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+            "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 7, "steps": steps, "cfg": 7.0,
+                                                       "sampler_name": "euler", "scheduler": "normal",
+                                                       "positive": ["3", 0], "negative": ["4", 0],
+                                                       "latent_image": ["2", 0], "denoise": 1.0}},
+            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+            "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "txt2img"}}}

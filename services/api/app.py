@@ -11,7 +11,7 @@ import falcon
 import falcon.asgi
 
 from services import __version__, config, logs
-from services.api import comfy_proxy, exposure, http, jobs, models, pages, webhooks
+from services.api import comfy_proxy, exposure, http, jobs, models, pages, versions, webhooks
 from services.api.executor import JobExecutor, worker_id
 from services.api.guard import RequestGuard, authorized
 from services.api.health import HealthState
@@ -103,6 +103,7 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     app.add_route("/metrics", MetricsResource(settings, db, health))
     jobs.route(app, settings, runner, executor, store, comfy)
     models.route(app, settings, DownloadStore(db))
+    versions.route(app, settings, runner.specs)
     app.add_route("/session", SessionResource(settings))
     pages.route(app)
     comfy_proxy.route(app, settings, proxy)

@@ -61,22 +61,25 @@ class JobExecutor:
         self._wake.set()
 
     # ---- entry points -----------------------------------------------------------------
-    async def run_now(self, body: Any, job_id: str | None, *, webhook: str | None = None
-                      ) -> tuple[Job, asyncio.Task | None]:
+    async def run_now(self, body: Any, job_id: str | None, *, webhook: str | None = None,
+                      request_sha256: str | None = None) -> tuple[Job, asyncio.Task | None]:
         """Store a job owned by this worker and start it; an existing job_id is returned as is.
         Both entry points raise QueueFull when QUEUE_MAX_JOBS jobs are queued or running.
-        `webhook`: where the job's end is POSTed (services/api/webhooks.py), None for nowhere."""
+        `webhook`: where the job's end is POSTed (services/api/webhooks.py), None for nowhere.
+        `request_sha256`: the request's hash, kept to tell a repeated Idempotency-Key's body apart."""
         job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
                                                owner=self.owner, version_id=_version_hint(body),
-                                               limit=self.settings.queue_max_jobs, webhook=webhook)
+                                               limit=self.settings.queue_max_jobs, webhook=webhook,
+                                               request_sha256=request_sha256)
         if not created:
             return job, self.tasks.get(job.id)
         return job, self._spawn(job)
 
-    async def enqueue(self, body: Any, job_id: str | None, *, webhook: str | None = None) -> Job:
+    async def enqueue(self, body: Any, job_id: str | None, *, webhook: str | None = None,
+                      request_sha256: str | None = None) -> Job:
         job, created = await asyncio.to_thread(self.store.create, json.dumps(body), job_id=job_id,
                                                version_id=_version_hint(body), limit=self.settings.queue_max_jobs,
-                                               webhook=webhook)
+                                               webhook=webhook, request_sha256=request_sha256)
         if created:
             self.wake()
         return job

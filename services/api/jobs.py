@@ -9,6 +9,9 @@ An encrypted request is accepted once (a replay gets 409 `envelope_replayed`, ex
 that names the `job_id` the envelope created: it gets that job back), and every answer to it,
 errors included, is sealed for its sender.
 
+An `Idempotency-Key` header names the job like `job_id` does and also pins the request body:
+the same key with another body is 409 `idempotency_conflict` (services/api/idempotency.py).
+
 Backpressure: with QUEUE_MAX_JOBS jobs queued or running, a new job gets 503 `queue_full` with
 `Retry-After` and nothing is stored; a retry naming an existing `job_id` still gets its job.
 """
@@ -23,6 +26,7 @@ import falcon
 from falcon.asgi import SSEvent
 
 from services import logs
+from services.api import idempotency
 from services.api.executor import JobExecutor
 from services.api.webhooks import job_webhook
 from services.api.http import read_json, send_json
@@ -73,14 +77,18 @@ class RunResource:
             send_json(resp, exc.as_dict(), exc.status)
 
     async def _post(self, req, resp) -> None:
+        key = idempotency.parse_key(req.get_header(idempotency.HEADER))
         body = await read_json(req)
         if not isinstance(body, dict):
             raise AppError("invalid_payload", "the body must be a JSON object", suffix="body")
         is_async = body.get("async", False)
         if not isinstance(is_async, bool):
             raise AppError("invalid_payload", "async must be true or false", suffix="async")
-        job_id = _job_id(body.get("job_id"))
+        job_id = idempotency.resolve_job_id(key, _job_id(body.get("job_id")))
         payload = {k: v for k, v in body.items() if k not in _META}
+        request_sha256 = idempotency.request_sha256(payload)
+        if key is not None:  # before an envelope is spent or anything validated
+            idempotency.check_same(await asyncio.to_thread(self.store.get, job_id), request_sha256)
         opened = open_payload(payload, self.settings)
         if opened.encrypted:
             job_id = await self._accept_once(opened, job_id)
@@ -92,11 +100,15 @@ class RunResource:
             return
 
         if is_async:
-            job = await self.executor.enqueue(payload, job_id, webhook=webhook)
+            job = await self.executor.enqueue(payload, job_id, webhook=webhook, request_sha256=request_sha256)
+            if key is not None:  # another request with this key may have stored its job meanwhile
+                idempotency.check_same(job, request_sha256)
             resp.set_header("Location", f"/jobs/{job.id}")
             send_json(resp, {"job_id": job.id, "state": job.state}, 202)
             return
-        job, task = await self.executor.run_now(payload, job_id, webhook=webhook)
+        job, task = await self.executor.run_now(payload, job_id, webhook=webhook, request_sha256=request_sha256)
+        if key is not None:
+            idempotency.check_same(job, request_sha256)
         if task is None:
             send_json(resp, await self._wait_elsewhere(job.id))
             return

@@ -62,7 +62,7 @@ SCHEMAS = {
         "type": "object",
         "properties": {
             "version_id": {"type": "string", "description": "versions/<id>.json; default DEFAULT_VERSION_ID"},
-            "workflow": {"type": ["object", "string"], "description": "API-format prompt, object or JSON string"},
+            "workflow": {"type": ["object", "string"], "description": "API-format prompt, or a workflow the editor saved (UI format, converted with the running version's node definitions), object or JSON string"},
             "workflow_url": {"type": "string", "format": "uri"},
             "webhook_url": {"type": "string", "format": "uri", "maxLength": 2048,
                             "description": "POSTed to, signed (Standard Webhooks), when the job ends"},
@@ -73,9 +73,31 @@ SCHEMAS = {
                 "properties": {"name": {"type": "string"}, "image": {"type": "string", "description": "base64 or data URI"},
                                "url": {"type": "string"}}}},
             "async": {"type": "boolean", "description": "answer 202 {job_id} at once"},
+            "params": {"type": "object", "description": "named parameters of the version's default workflow "
+                       "(GET /versions/{version_id}); not with workflow or workflow_url",
+                       "additionalProperties": {"type": ["string", "number", "boolean"]}},
+            "overrides": {"type": "object", "description": "{node_id: {input: value}}: literal inputs the "
+                          "workflow's nodes already have, replaced",
+                          "additionalProperties": {"type": "object", "minProperties": 1,
+                                                   "additionalProperties": {"type": ["string", "number", "boolean"]}}},
             "job_id": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*(\\.[A-Za-z0-9_-]+)*$",
                        "description": "client-chosen id: a retry returns the same job"},
         },
+    },
+    "Version": {
+        "type": "object", "required": ["id", "state"],
+        "properties": {"id": {"type": "string"}, "description": {"type": "string"},
+                       "state": {"enum": ["installed", "outdated", "available", "invalid_spec"]},
+                       "installed": {"type": "boolean"}, "default_workflow": {"type": "boolean"},
+                       "error": {"type": "string", "description": "with `invalid_spec`: the spec's error code"},
+                       "parameters": {"type": "object", "additionalProperties": {
+                           "type": "object", "required": ["type", "default", "node", "input"],
+                           "properties": {"type": {"enum": ["int", "float", "string", "boolean", "enum"]},
+                                          "default": {"type": ["string", "number", "boolean"]},
+                                          "min": {"type": "number"}, "max": {"type": "number"},
+                                          "choices": {"type": "array", "items": {"type": ["string", "number"]}},
+                                          "node": {"type": "string"}, "input": {"type": "string"},
+                                          "description": {"type": "string"}}}}},
     },
     "Output": {
         "type": "object", "required": ["node_id", "type"],
@@ -232,6 +254,9 @@ PATHS = {
                       **_ERRORS}}},
     "/run": {"post": {
         "summary": "Run a workflow: waits for the result, or answers 202 at once with `async: true`",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "names the job like `job_id`; repeated with another body: 409 idempotency_conflict"}],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"oneOf": [_ref("RunRequest"), _ref("Envelope")]}}}},
         "responses": {"200": _json({"oneOf": [_ref("RunResult"), _ref("SealedReply")]}, "The result (sealed when the request was)"),
@@ -276,6 +301,16 @@ PATHS = {
         "parameters": [{"name": "download_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "get": {"summary": "State and bytes done/total of a download",
                 "responses": {"200": _json(_ref("Download"), "The download"), **_ERRORS}}},
+    "/versions": {"get": {
+        "summary": "The versions this appliance has specs for: description, parameters, install state",
+        "responses": {"200": _json({"type": "object", "required": ["versions"],
+                                    "properties": {"versions": {"type": "array", "items": _ref("Version")}}},
+                                   "Versions"), **_ERRORS}}},
+    "/versions/{version_id}": {
+        "parameters": [{"name": "version_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "One version: description, named parameters (type, default, bounds, choices) and "
+                           "whether it is installed",
+                "responses": {"200": _json(_ref("Version"), "The version"), **_ERRORS, "500": ERROR}}},
     "/models/ls": {"get": {
         "summary": "Every model ComfyUI can load, by type, with size and sha256 where known",
         "parameters": [{"name": "type", "in": "query", "schema": {"enum": list(ALL_TYPES)}}],

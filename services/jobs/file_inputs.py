@@ -42,11 +42,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NODE_ID_SAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
 
 
-def _is_upload_flag(key: str) -> bool:
+def is_upload_flag(key: str) -> bool:
     return key == "upload" or key.endswith("_upload")
 
 
-def _options(spec: Any) -> tuple[list, dict]:
+def combo_choices(spec: Any) -> tuple[list, dict]:
     """(choices, options) of an /object_info input spec: `[[choices], {...}]` or `["COMBO", {"options": [...]}]`."""
     if not isinstance(spec, (list, tuple)) or not spec:
         return [], {}
@@ -64,15 +64,15 @@ class FileInputs:
     def from_object_info(cls, info: dict[str, Any]) -> "FileInputs":
         by_class: dict[str, dict[str, frozenset[str]]] = {}
         for class_type, node in (info or {}).items():
-            for name, spec in _inputs_of(node):
-                choices, options = _options(spec)
-                if (class_type, name) in EXTRA_FILE_INPUTS or any(_is_upload_flag(k) for k in options):
+            for name, spec in input_specs(node):
+                choices, options = combo_choices(spec)
+                if (class_type, name) in EXTRA_FILE_INPUTS or any(is_upload_flag(k) for k in options):
                     shipped = frozenset(c for c in choices if isinstance(c, str) and is_shipped_name(c))
                     by_class.setdefault(class_type, {})[name] = shipped
         return cls(by_class)
 
 
-def _inputs_of(node: Any) -> Iterator[tuple[str, Any]]:
+def input_specs(node: Any) -> Iterator[tuple[str, Any]]:
     """(name, spec) of every input group (required, optional, hidden) of one /object_info entry."""
     groups = node.get("input") if isinstance(node, dict) else None
     for group in groups.values() if isinstance(groups, dict) else ():

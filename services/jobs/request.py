@@ -2,7 +2,9 @@
 
 The payload is the seeds' (`version_id`, `workflow` | `workflow_url`, `output_mode`,
 `models_dir`, `verbose`) plus `images` (input files uploaded to ComfyUI before the run),
-`timeout`, `webhook_url` (Pod mode: where the job's end is POSTed; where it may point is the
+`timeout`, `models` (files the job brings into the model cache: services/jobs/job_models.py),
+`params` and `overrides` (changes to the workflow: services/jobs/parameters.py),
+`webhook_url` (Pod mode: where the job's end is POSTed; where it may point is the
 Pod's fetch policy, services/api/webhooks.py) and the fields of the output destinations
 (services/outputs/registry.py: `gcs_bucket`, `gcs_prefix`, ...), which the chosen destination
 checks itself. Every mistake is an `AppError` naming the field, raised before ComfyUI sees
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 from urllib.parse import urlsplit
 
 from services import jsonlimits
 from services.errors import AppError
+from services.jobs.job_models import JobModel, parse_models
+from services.jobs.parameters import parse_overrides, parse_params
 from services.outputs import registry
 from services.versions.spec import check_version_id
 
@@ -52,6 +56,9 @@ class JobRequest:
     images: tuple[InputImage, ...]
     timeout: float
     webhook_url: str | None = None
+    models: tuple[JobModel, ...] = ()  # fetched into the model cache before the job runs (job_models.py)
+    params: dict[str, Any] = dataclass_field(default_factory=dict)  # named parameters of the version's default workflow
+    overrides: dict[str, dict[str, Any]] = dataclass_field(default_factory=dict)  # {node_id: {input: literal}}
 
 
 def _bad(field: str, detail: str) -> AppError:
@@ -191,6 +198,11 @@ def parse_request(payload: Any, settings, encrypted: bool = False) -> JobRequest
     if workflow_url is not None and not is_http_url(workflow_url):
         raise AppError("workflow_url_invalid", "workflow_url must be an http:// or https:// URL")
     workflow = _workflow(payload)
+    params = parse_params(payload.get("params"))
+    if params and (workflow is not None or workflow_url is not None):
+        # Declared over the version's default workflow: in another, the same node id may be another node.
+        raise AppError("params_conflict", "params set the version's default workflow; with your own "
+                       "workflow or workflow_url, use overrides")
 
     output_mode, destination, target = _output(payload, settings, encrypted)
     timeout = _timeout(payload, settings)
@@ -216,4 +228,7 @@ def parse_request(payload: Any, settings, encrypted: bool = False) -> JobRequest
         images=parse_images(payload.get("images")),
         timeout=timeout,
         webhook_url=_webhook_url(payload),
+        models=parse_models(payload.get("models"), settings),
+        params=params,
+        overrides=parse_overrides(payload.get("overrides")),
     )

@@ -1,8 +1,8 @@
 """The job runner: one job = version + workflow + output mode, from payload to delivered result.
 
-validate -> (dry run ends here) -> ComfyUI ready -> check file inputs -> upload inputs ->
-submit -> wait (timeout, cancel, stall watchdog) -> collect outputs -> deliver -> remove the job's
-files. Pod API, serverless handler and CLI all run jobs through this one class; what differs
+validate -> (dry run ends here) -> ComfyUI ready -> pre-flight (nodes, models) -> check file inputs ->
+upload inputs -> submit -> wait (timeout, cancel, stall watchdog) -> collect outputs -> deliver ->
+remove the job's files. Pod API, serverless handler and CLI all run jobs through this one class; what differs
 between them is the `ComfyProvider` (who owns ComfyUI).
 
 ComfyUI restarts are routine on GPUs (a crashing node, a driver fault, the stall watchdog): the
@@ -29,12 +29,15 @@ from services.errors import AppError
 from services.jobs.delivery import Deliverer
 from services.jobs.fetch import FetchFailed, fetch_bytes
 from services.jobs.file_inputs import JOBS_FOLDER, FileInputs, check_file_inputs
-from services.jobs import provenance
+from services.jobs import preflight, provenance
 from services.jobs.job_files import JobFiles
+from services.jobs.parameters import customize
+from services.jobs.job_models import fetch_job_models
 from services.jobs.request import InputImage, JobRequest, parse_request
-from services.jobs.workflow import fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
+from services.jobs.workflow import UiWorkflow, fetch_workflow, isolate_outputs, parse_workflow, rewrite_input_names
 from services.net.aio import guarded_session
 from services.outputs import registry
+from services.models.usage import InUse
 from services.versions.models import check_models
 from services.versions.spec import SpecStore, VersionSpec
 
@@ -77,23 +80,32 @@ class JobRunner:
             await self._http.close()
 
     def validate(self, payload: Any, encrypted: bool = False) -> tuple[JobRequest, VersionSpec, dict[str, Any] | None]:
-        """The checks that need no network: payload, version spec, an inline workflow. `encrypted`:
+        """The checks that need no network: payload, version spec, an inline or the default workflow
+        with the job's params and overrides written in (None: workflow_url, fetched by `prepare`). `encrypted`:
         the payload came sealed (it may then carry storage credentials: services/jobs/request.py)."""
         request = parse_request(payload, self.settings, encrypted)
         spec = self.specs.load(request.version_id)
         workflow = parse_workflow(request.workflow) if request.workflow is not None else None
-        if workflow is None and request.workflow_url is None and spec.workflow is None:
-            raise AppError("missing_workflow", f"send workflow or workflow_url (version {spec.id} has no default)")
-        return request, spec, workflow
+        if workflow is None and request.workflow_url is None:
+            if spec.workflow is None:
+                raise AppError("missing_workflow", f"send workflow or workflow_url (version {spec.id} has no default)")
+            workflow = parse_workflow(spec.workflow)
+        return request, spec, self._customize(request, spec, workflow) if workflow is not None else None
+
+    def _customize(self, request: JobRequest, spec: VersionSpec, workflow: dict[str, Any] | UiWorkflow):
+        """The job's `params` and `overrides` written into (a copy of) its workflow; into an editor
+        workflow once `_execute` has converted it (they name the API prompt's nodes and inputs)."""
+        if isinstance(workflow, UiWorkflow):
+            return workflow
+        return customize(workflow, request.params, request.overrides, spec.parameters, spec.id)
 
     async def prepare(self, payload: Any, encrypted: bool = False) -> tuple[JobRequest, VersionSpec, dict[str, Any]]:
         """Everything that can fail on bad input, before any ComfyUI work."""
         request, spec, workflow = self.validate(payload, encrypted)
-        if workflow is None and request.workflow_url is not None:
-            workflow = await fetch_workflow(request.workflow_url, max_bytes=self.settings.workflow_url_max_bytes,
-                                            timeout=self.settings.workflow_url_timeout, session=self._session())
-        if workflow is None:
-            workflow = parse_workflow(spec.workflow)
+        if workflow is None:  # only a workflow_url is left to fetch (overrides are checked against it then)
+            workflow = self._customize(request, spec, await fetch_workflow(
+                request.workflow_url, max_bytes=self.settings.workflow_url_max_bytes,
+                timeout=self.settings.workflow_url_timeout, session=self._session()))
         return request, spec, workflow
 
     async def run(self, payload: Any, *, job_id: str | None = None,
@@ -114,32 +126,36 @@ class JobRunner:
         watch.lap("validate")
         if self.settings.dry_run:
             return {"job_id": job_id, "version_id": spec.id, "dry_run": True, "outputs": []}
-        await self._models_present(spec)
-        watch.lap("models")
+        # The cache budget must not evict the version's models from before they are verified to
+        # the job's end (services/models/usage.py); the models the job brings too.
+        with InUse(self.settings, (*spec.models, *request.models)):
+            await self._models_present(spec)
+            await fetch_job_models(request.models, self.settings, job_id)  # the job's own, never replacing a file
+            watch.lap("models")
 
-        while True:
-            comfy = await self.provider.client_for(spec)  # waits while ComfyUI (re)starts
-            in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
-            watch.lap("comfy_ready")
-            if resume_prompt_id is None:  # adopting a dead worker's prompt is no new attempt
-                attempts += 1
-                await _call(on_attempt, attempts)
-            try:
-                result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress,
-                                             on_submitted, resume_prompt_id)
-                break
-            except AppError as exc:
-                if exc.prefix in RETRYABLE and attempts < self.settings.job_max_attempts:
-                    log.warning("job_retry", job_id=job_id, error=exc.code, attempt=attempts,
-                                max_attempts=self.settings.job_max_attempts)
-                    resume_prompt_id = None
-                    continue
-                exc.extra.setdefault("comfy_version", in_use)
-                if attempts > 1:
-                    exc.extra.setdefault("attempts", attempts)
-                raise
-            finally:
-                self.provider.release()
+            while True:
+                comfy = await self.provider.client_for(spec)  # waits while ComfyUI (re)starts
+                in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
+                watch.lap("comfy_ready")
+                if resume_prompt_id is None:  # adopting a dead worker's prompt is no new attempt
+                    attempts += 1
+                    await _call(on_attempt, attempts)
+                try:
+                    result = await self._execute(comfy, request, spec, workflow, job_id, watch, on_progress,
+                                                 on_submitted, resume_prompt_id)
+                    break
+                except AppError as exc:
+                    if exc.prefix in RETRYABLE and attempts < self.settings.job_max_attempts:
+                        log.warning("job_retry", job_id=job_id, error=exc.code, attempt=attempts,
+                                    max_attempts=self.settings.job_max_attempts)
+                        resume_prompt_id = None
+                        continue
+                    exc.extra.setdefault("comfy_version", in_use)
+                    if attempts > 1:
+                        exc.extra.setdefault("attempts", attempts)
+                    raise
+                finally:
+                    self.provider.release()
         if not self.settings.no_history:
             result["comfy_version"] = in_use
         return result
@@ -148,6 +164,8 @@ class JobRunner:
                        job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
                        on_submitted: Callable[[str], Awaitable[None] | None] | None,
                        resume_prompt_id: str | None) -> dict[str, Any]:
+        if isinstance(workflow, UiWorkflow):  # the editor's format: what it means depends on this ComfyUI's nodes
+            workflow = self._customize(request, spec, workflow.to_prompt(await comfy.object_info_once()))
         prompt = isolate_outputs(workflow, job_id)
         self.files.prepare(job_id)
         try:
@@ -167,9 +185,11 @@ class JobRunner:
             prompt_id = resume_prompt_id
             outcome = await self._adopt(comfy, prompt_id, prompt, request.timeout, on_progress)
         if outcome is None:
-            # Before anything is uploaded or submitted: a job may only read its own files.
-            check_file_inputs(prompt, FileInputs.from_object_info(await comfy.object_info_once()),
-                              {image.name for image in request.images})
+            # Before anything is uploaded or submitted: every node and model exists (all problems in
+            # one answer), and a job may only read its own files.
+            info = await comfy.object_info_once()
+            await preflight.check(comfy, prompt, info, (*spec.models, *request.models))
+            check_file_inputs(prompt, FileInputs.from_object_info(info), {image.name for image in request.images})
             rewrite_input_names(prompt, await self._upload_images(comfy, request.images, job_id))
             await asyncio.to_thread(self.files.protect, job_id)
             prompt_id = await comfy.submit(prompt)

@@ -1,27 +1,39 @@
 """Getting a job's workflow into ComfyUI's API format, and making it safe to run beside others.
 
 Sources: an object, a JSON string, a `workflow_url` (fetched with a size cap and a timeout),
-or the version spec's default workflow. Only API-format prompts are accepted: the UI's
-`{"nodes": [...], "links": [...]}` export is refused with a hint, because ComfyUI would
-reject it with a less helpful message.
+or the version spec's default workflow. API-format prompts are taken as they are; a workflow the
+editor saved (`{"nodes": [...], "links": [...]}`) becomes a `UiWorkflow`, checked here and
+converted once the running ComfyUI's node definitions are known (services/jobs/ui_format.py).
 """
 from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from services import jsonlimits
 from services.errors import AppError
+from services.jobs import ui_format
 from services.jobs.fetch import FetchFailed, fetch_bytes
 from services.jobs.file_inputs import JOBS_FOLDER
 
 _PREFIX_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def parse_workflow(value: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class UiWorkflow:
+    """A workflow in the editor's format whose shape `ui_format.check` accepted; what it becomes
+    depends on the node definitions of the ComfyUI that runs it, so the runner converts it then."""
+    graph: dict[str, Any]
+
+    def to_prompt(self, object_info: dict[str, Any]) -> dict[str, Any]:
+        return ui_format.to_prompt(self.graph, object_info)
+
+
+def parse_workflow(value: Any) -> dict[str, Any] | UiWorkflow:
     if isinstance(value, str):
         try:
             value = jsonlimits.loads(value, "workflow")
@@ -29,9 +41,9 @@ def parse_workflow(value: Any) -> dict[str, Any]:
             raise AppError("invalid_workflow", f"workflow string is not JSON: {exc}", suffix="not_json") from None
     if not isinstance(value, dict):
         raise AppError("invalid_workflow", "a workflow is a JSON object of nodes", suffix="not_object")
-    if isinstance(value.get("nodes"), list) and "links" in value:
-        raise AppError("invalid_workflow", "this is the UI format; export it from ComfyUI with "
-                       "'Export (API)' and send that", suffix="ui_format")
+    if ui_format.is_ui_format(value):
+        ui_format.check(value)
+        return UiWorkflow(value)
     if not value:
         raise AppError("invalid_workflow", "the workflow has no nodes", suffix="empty")
     for node_id, node in value.items():
@@ -45,7 +57,7 @@ def parse_workflow(value: Any) -> dict[str, Any]:
 
 
 async def fetch_workflow(url: str, *, max_bytes: int, timeout: float,
-                         session: aiohttp.ClientSession | None = None) -> dict[str, Any]:
+                         session: aiohttp.ClientSession | None = None) -> dict[str, Any] | UiWorkflow:
     try:
         body = await fetch_bytes(url, max_bytes=max_bytes, timeout=timeout, session=session)
     except FetchFailed as exc:

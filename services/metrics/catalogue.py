@@ -60,6 +60,9 @@ METRICS: tuple[Metric, ...] = (
            "began (the start-up ledger, services/startup_ledger.py)."),
     Metric("appliance_models", "gauge", ("type",), "Model files ComfyUI can load (as `/models/ls` lists them), by type."),
     Metric("appliance_model_bytes", "gauge", ("type",), "Bytes of those model files, by type."),
+    Metric("appliance_model_evictions_total", "counter", (),
+           "Models `modelsync` evicted from the cache to keep MODEL_CACHE_MAX_BYTES (least recently used first; "
+           "counted in RUN_DIR, so it restarts with the Pod)."),
 )
 BY_NAME = {metric.name: metric for metric in METRICS}
 

@@ -5,8 +5,9 @@ phase histograms from the job rows (services/store/stats.py), ComfyUI's starts f
 `comfyui` program's counter file, start-up stages from the programs' ledgers in RUN_DIR,
 ComfyUI, program and GPU state from the health snapshot every worker refreshes each second
 (services/api/health.py: gpuwatch's report and supervisord's program list), the models from
-the model folders. So whichever gunicorn worker answers a scrape, the numbers are the same,
-and nothing needs prometheus_client's multiprocess mode.
+the model folders, their evictions from modelsync's counter file in RUN_DIR. So whichever
+gunicorn worker answers a scrape, the numbers are the same, and nothing needs
+prometheus_client's multiprocess mode.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from services import startup_ledger
 from services.comfy import start_count
 from services.metrics.catalogue import BY_NAME, PHASE_BUCKETS
+from services.models import budget
 from services.models.listing import list_models
 from services.store import stats
 from services.store.db import Database
@@ -53,6 +55,7 @@ class ApplianceCollector:
         yield from self._downloads()
         yield self._startup()
         yield from self._models()
+        yield single("appliance_model_evictions_total", budget.evictions(self.settings.run_dir))
 
     def _jobs(self) -> Iterator[Metric]:
         active, finished = family("appliance_jobs"), family("appliance_jobs_finished_total")

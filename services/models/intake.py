@@ -55,13 +55,13 @@ def queue_download(store: DownloadStore, settings, *, url: object, type: object,
     if not isinstance(replace, bool):
         raise AppError("invalid_payload", "replace must be true or false", suffix="replace")
     target = Target.of(download_root(settings), request.type, request.filename)
-    if not replace and _differs(target, request, HashIndex(index_path(settings))):
+    if not replace and differs(target, request, HashIndex(index_path(settings))):
         raise model_exists(target)
     return store.enqueue(url=request.url, type=request.type, filename=request.filename,
                          sha256=request.sha256, size=request.size, replace=replace)
 
 
-def _differs(target: Target, request: DownloadRequest, index: HashIndex) -> bool:
+def differs(target: Target, request: DownloadRequest, index: HashIndex) -> bool:
     """Whether a file at the target is known, without reading it, to be another one than asked
     for. An unhashed file is left to modelsync, which hashes it before it decides."""
     try:

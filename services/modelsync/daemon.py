@@ -3,7 +3,9 @@
 Each turn does one unit of work: claim the oldest queued download and work it, heartbeating
 its progress into the store; if none is queued, fetch the next missing model of
 `ACTIVE_VERSIONS`; if nothing is missing, sleep `MODELSYNC_POLL_INTERVAL`. So a download a user
-asked for waits at most for the current file, never for a whole version.
+asked for waits at most for the current file, never for a whole version. After each download,
+and every budget.EVICT_EVERY seconds, the cache is brought under MODEL_CACHE_MAX_BYTES
+(services/models/budget.py: least recently used first, the active versions' models never).
 
 At start, the rows of dead modelsync processes (SIGKILL, OOM, a pod restart) get their lease
 ended and are resumed at once from their partial file, locks of dead processes are removed, and
@@ -21,7 +23,7 @@ from typing import Callable
 
 from services import config, logs
 from services.errors import AppError
-from services.models import locks
+from services.models import budget, locks
 from services.models.cache import Target, download_root, index_path, model_roots
 from services.models.downloader import Stopped
 from services.models.fetch import ensure_model
@@ -54,6 +56,7 @@ class ModelSync:
         self.index = HashIndex(index_path(settings))
         self._failures: dict[str, tuple[int, float]] = {}  # target path -> (failures, next try)
         self._reported: set[str] = set()  # spec problems already logged once
+        self._budget_at = float("-inf")  # when the budget was last enforced (monotonic)
 
     def run(self) -> None:
         log.info("modelsync_start", owner=self.owner, active_versions=list(self.settings.active_versions))
@@ -81,12 +84,33 @@ class ModelSync:
         row = self.downloads.claim(self.owner)
         if row is not None:
             self._work(row)
+            self.enforce_budget()
             return True
         for model, target in self._active_models():
             if self._due(target):
                 self._keep(model, target)
+                self.enforce_budget()
                 return True
+        if time.monotonic() - self._budget_at >= budget.EVICT_EVERY:
+            self.enforce_budget()
         return False
+
+    def enforce_budget(self) -> None:
+        """Evict models past MODEL_CACHE_MAX_BYTES; the active versions' models always stay."""
+        self._budget_at = time.monotonic()
+        if not self.settings.model_cache_max_bytes:
+            return
+        active = []
+        for version_id in self.settings.active_versions:
+            try:
+                spec = self.specs.load(version_id)
+            except AppError:
+                return  # reported by _active_models; without its models' names, nothing is safe to evict
+            active += [t.path for t in targets_of(self.settings, spec.models) if isinstance(t, Target)]
+        try:
+            budget.enforce(self.settings, active, self.owner)
+        except OSError as exc:  # an unreadable cache folder must not stop the downloads
+            log.error("model_budget_failed", error=str(exc))
 
     def _work(self, row: Download) -> None:
         try:

@@ -64,6 +64,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     webhook: str | None  # its URL, `sealed` (inside the encrypted payload) or None; never shown
+    request_sha256: str | None  # of the canonical /run body (services/api/idempotency.py); never shown
 
     def public(self) -> dict[str, Any]:
         view: dict[str, Any] = {"job_id": self.id, "state": self.state, "progress": self.progress,
@@ -87,7 +88,8 @@ class JobStore:
         self.db = db
 
     def create(self, payload: str, *, job_id: str | None = None, owner: str | None = None,
-               version_id: str | None = None, limit: int = 0, webhook: str | None = None) -> tuple[Job, bool]:
+               version_id: str | None = None, limit: int = 0, webhook: str | None = None,
+               request_sha256: str | None = None) -> tuple[Job, bool]:
         """Insert a job; with `owner` it starts out running (a synchronous request runs it at once).
 
         Returns (job, created). A client-chosen `job_id` that exists already returns that job,
@@ -105,9 +107,9 @@ class JobStore:
             _check_room(conn, limit)
             state = JobState.RUNNING if owner else JobState.QUEUED
             conn.execute("INSERT INTO jobs (id, state, payload, version_id, owner, heartbeat_at, attempts,"
-                         " created_at, started_at, webhook) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         " created_at, started_at, webhook, request_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (new_id, state, payload, version_id, owner, now if owner else None,
-                          1 if owner else 0, now, now if owner else None, webhook))
+                          1 if owner else 0, now, now if owner else None, webhook, request_sha256))
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (new_id,)).fetchone()), True
 
     def get(self, job_id: str) -> Job | None:

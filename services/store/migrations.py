@@ -152,6 +152,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # The runner's phase times of a succeeded job (JSON of milliseconds by phase), for /metrics'
     # appliance_job_phase_seconds: an encrypted job's result is sealed, and durations are no payload.
     Migration(6, "jobs.timings_ms", _add_column("jobs", "timings_ms", "TEXT")),
+    # sha256 of the canonical `/run` body a job was made from (an envelope's as sent), so that a
+    # request repeating an `Idempotency-Key` with another body is told apart: 409 idempotency_conflict.
+    Migration(7, "jobs.request_sha256", _add_column("jobs", "request_sha256", "TEXT")),
 )
 LATEST = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1)), "migrations are numbered 1, 2, ..."

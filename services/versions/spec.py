@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 
 from services.errors import AppError
+from services.jobs.parameters import Parameter, declare
 
 # Same rule as the schema's $defs.version_id: no '/', no '..', no leading dot. `\Z`, not `$`:
 # `$` also matches before a final newline, and callers use `.match` (a "demo\n" job_id once
@@ -63,6 +64,8 @@ class VersionSpec:
     path: Path
     raw: dict[str, Any] = field(repr=False, compare=False)
     stall_timeout: float | None = None  # None: STALL_TIMEOUT
+    # Named parameters over `workflow`, whose defaults are written into it (services/jobs/parameters.py).
+    parameters: dict[str, Parameter] = field(default_factory=dict, compare=False)
 
 
 def check_version_id(version_id: Any) -> str:
@@ -138,6 +141,7 @@ class SpecStore:
         if len(names) != len(set(names)):
             raise invalid("/custom_nodes", "two custom nodes share a name")
         python = raw.get("python", {})
+        parameters, workflow = declare(raw.get("parameters", {}), raw.get("workflow"), invalid)
         return VersionSpec(
             id=version_id,
             description=raw.get("description", ""),
@@ -151,8 +155,9 @@ class SpecStore:
                          for m in raw.get("models", ())),
             python_requirements=tuple(python.get("requirements", ())),
             allow_base_overrides=tuple(python.get("allow_base_overrides", ())),
-            workflow=raw.get("workflow"),
+            workflow=workflow,
             path=path,
             stall_timeout=raw.get("stall_timeout"),
+            parameters=parameters,
             raw=raw,
         )
