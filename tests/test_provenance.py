@@ -222,3 +222,14 @@ def test_object_metadata_is_flat_strings():
 
 def test_data_that_is_not_a_whole_png_is_delivered_unchanged():
     assert provenance.add_png_text(provenance.PNG_SIGNATURE + b"\0\0\0\x05IHDR", "k", "v").endswith(b"IHDR")
+
+
+def test_a_lone_surrogate_hashes_instead_of_crashing():
+    """Valid JSON, not valid UTF-8: the hash of such a workflow (and of such a request body,
+    services/api/idempotency.py) must not raise; valid text still hashes as plain UTF-8."""
+    from services.api.idempotency import request_sha256
+    assert len(provenance.workflow_sha256({"1": {"inputs": {"text": "\ud800"}}})) == 64
+    assert len(request_sha256({"workflow": {}, "gcs_prefix": "\ud800"})) == 64
+    plain = {"1": {"inputs": {"text": "é"}}}
+    assert provenance.workflow_sha256(plain) == hashlib.sha256(
+        json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()

@@ -61,7 +61,8 @@ def resolve_job_id(key: str | None, job_id: str | None) -> str | None:
 
 def request_sha256(payload: Any) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: a lone surrogate ("\ud800") is valid JSON, not UTF-8; it must get a 4xx later, not crash here.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_same(job, sha256: str) -> None:

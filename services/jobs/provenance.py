@@ -11,7 +11,7 @@ flat string metadata an upload destination attaches to the object.
 The workflow hash is of the workflow as the caller sent it (or `workflow_url`/the version's
 default resolved to), before the appliance gives save nodes their per-job folders, so a
 caller can recompute it: sha256 of `json.dumps(workflow, sort_keys=True, separators=(",", ":"),
-ensure_ascii=False)` in UTF-8.
+ensure_ascii=False)` in UTF-8 (lone surrogates, valid JSON but not UTF-8, as surrogatepass encodes them).
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ PNG_KEYWORD = "appliance-provenance"
 
 def workflow_sha256(workflow: dict[str, Any]) -> str:
     canonical = json.dumps(workflow, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate ("\ud800") is valid JSON but not UTF-8; valid text hashes as UTF-8.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def build(spec: VersionSpec, settings, workflow: dict[str, Any], in_use: str | None) -> dict[str, Any]:
