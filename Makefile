@@ -41,6 +41,7 @@ test-real: venv
 bench: venv
 	$(PY) bench/overhead.py
 	$(PY) bench/api.py
+	$(PY) bench/throughput.py
 	$(PY) bench/serverless.py
 	$(PY) bench/models.py
 	$(PY) bench/versions.py

@@ -3,7 +3,8 @@
     python bench/api.py [--seconds 5] [--waiting 200]
 
 Starts Pod mode for real (supervisord, gunicorn + uvicorn workers, the stand-in as `comfyui`),
-then with wrk (`apt-get install wrk`; a Python load process otherwise):
+then with wrk (installed from Debian's package when missing and run as root; else it stops
+with one line, never measuring with a slower load generator instead):
 1. baseline: a bare Falcon ASGI `/healthz` returning `{}` under the same gunicorn settings;
 2. `/healthz` at 64 connections: requests/s, p50, p99;
 3. `/healthz` p99 while `--waiting` synchronous `/run` requests wait behind a slow prompt;
@@ -65,34 +66,26 @@ def wrk(url: str, connections: int, seconds: float, script: Path | None = None) 
     return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
 
 
-def python_load(url: str, connections: int, seconds: float, body: bytes | None = None) -> dict:
-    """Fallback when wrk is missing: threads with keep-alive connections."""
-    import http.client
-    latencies: list[float] = []
-    stop = time.monotonic() + seconds
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    path = "/" + url.split("//")[1].split("/", 1)[1]
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection(host, int(port))
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            conn.request("POST" if body else "GET", path, body=body, headers={"Content-Type": "application/json"})
-            conn.getresponse().read()
-            latencies.append((time.perf_counter() - started) * 1000)
-    threads = [threading.Thread(target=worker) for _ in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    ordered = sorted(latencies)
-    return {"rps": len(ordered) / seconds, "p50_ms": ordered[len(ordered) // 2],
-            "p99_ms": ordered[int(len(ordered) * 0.99)]}
+def ensure_wrk() -> None:
+    """wrk, or stop: a Python load generator peaks at about a tenth of wrk's rate here, so its
+    figures would measure the client, not the API. Installed like scripts/install_test_engine.sh
+    installs its tools: Debian's package, only as root with apt-get."""
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SystemExit("bench/api.py needs wrk: install it (`apt-get install wrk`) and run again")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_SUSPEND": "1"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"bench/api.py needs wrk and `{' '.join(exc.cmd)}` failed ({exc.returncode})") from None
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/api.py needs wrk: apt-get installed no `wrk` command")
 
 
 def load(url: str, connections: int, seconds: float, body: bytes | None = None, folder: Path | None = None) -> dict:
-    if shutil.which("wrk") is None:
-        return python_load(url, connections, seconds, body)
     script = None
     if body is not None:
         script = folder / "post.lua"
@@ -140,6 +133,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--waiting", type=int, default=200)
     args = parser.parse_args()
+    ensure_wrk()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         base = baseline(folder, args.seconds)
@@ -174,7 +168,7 @@ def main() -> None:
         finally:
             pod.stop()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; load: "
-          f"{'wrk' if shutil.which('wrk') else 'python threads'} on the same machine")
+          "wrk on the same machine")
     print(f"baseline hello /healthz (64 conns): {base['rps']:.0f} req/s p50 {base['p50_ms']:.2f} ms "
           f"p99 {base['p99_ms']:.2f} ms")
     print(f"ours /healthz (64 conns):           {healthz['rps']:.0f} req/s p50 {healthz['p50_ms']:.2f} ms "
