@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.model_types import CANONICAL
 from tests.standin_process import REPO_ROOT, StandinProcess, free_port, start_standin, wait_answering
 
 REAL_DIR = os.environ.get("COMFYUI_DIR")
@@ -32,8 +33,11 @@ def start_real(tmp_path: Path, ready_timeout: float = 180.0) -> StandinProcess:
     for sub in ("output", "input", "temp", "user", "models"):
         (base_dir / sub).mkdir(parents=True, exist_ok=True)
     extra = base_dir / "extra_model_paths.yaml"
+    # ComfyUI adds only the folders a section names (base_path alone adds none), as the launcher's
+    # own extra_model_paths does: every model folder under base_dir/models, where tests put files.
+    folders = {folder: folder for folder in CANONICAL}
     extra.write_text(json.dumps({"tests": {"base_path": str(base_dir / "models"), "is_default": True,
-                                           "custom_nodes": str(CUSTOM_NODES)}}))
+                                           "custom_nodes": str(CUSTOM_NODES), **folders}}))
     port = free_port()
     log_path = base_dir / "comfyui.log"
     argv = [real_python(), str(Path(REAL_DIR) / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),

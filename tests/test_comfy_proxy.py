@@ -152,6 +152,9 @@ def test_redirects_stay_under_the_prefix(location, rewritten):
 # ---- a real Pod ---------------------------------------------------------------------------
 @pytest.mark.comfy
 def test_answers_equal_comfyuis_own(pod):
+    # A real ComfyUI creates `input/3d` during its first /object_info, so the folder lists of
+    # LoadImageSetFromFolderNode differ between the first answer and later ones: warm it up.
+    get_json(comfy_direct(pod) + "/object_info")
     for path in ("/system_stats", "/object_info", "/api/object_info", "/object_info/SaveImage", "/queue"):
         status, proxied = get_json(pod.url + "/comfy" + path, AUTH)
         direct_status, direct = get_json(comfy_direct(pod) + path)
