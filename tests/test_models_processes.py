@@ -82,11 +82,14 @@ def test_sigkilled_modelsync_resumes_from_its_partial_without_fetching_finished_
                          sha256=sha(data), size=len(data))
     target = Target.of(settings.models_dir, "loras", "l.safetensors")
     first = modelsync(tmp_path, "first.log")
-    partial = wait_for(lambda: next((p for p in target.partials() if p.stat().st_size >= MiB), None),
-                       what="a partial of 1 MiB")
-    assert store.get(row.id).state == "running" and store.get(row.id).bytes_done > 0
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
+    try:
+        partial = wait_for(lambda: next((p for p in target.partials() if p.stat().st_size >= MiB), None),
+                           what="a partial of 1 MiB")
+        # The row's progress follows the file by one heartbeat: wait for it rather than race it.
+        wait_for(lambda: (r := store.get(row.id)).state == "running" and r.bytes_done > 0, what="progress in the row")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
     held = partial.stat().st_size
     assert 0 < held < len(data) and not target.path.exists()
 
