@@ -47,10 +47,13 @@ class TcpProxy:
         for src, dst in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pass(self, data: bytes, src: socket.socket, dst: socket.socket) -> bool:
+        """Whether to forward this chunk; False ends the connection (subclasses inject faults)."""
+        return True
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
+            while (data := src.recv(65536)) and self._pass(data, src, dst):
                 dst.sendall(data)
         except OSError:
             pass

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import os
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -88,31 +87,19 @@ class FaultyProxy(TcpProxy):
         self.faults = 0
         self._count = threading.Lock()
 
-    def _pipe(self, src, dst):
-        try:
-            upstream_bound = dst.getpeername()[1] == self.target_port
-            while data := src.recv(65536):
-                with self._count:
-                    if upstream_bound:
-                        self.sent += len(data)
-                        fault = self.cut_after is not None and self.sent > self.cut_after and not self.faults
-                    else:  # an answer: past any "100 Continue" lines, is it a 2xx?
-                        fault = self.lose_answer and CONTINUE.sub(b"", data).startswith(b"HTTP/1.1 2")
-                        self.lose_answer = self.lose_answer and not fault
-                    self.faults += fault
-                if fault:
-                    if upstream_bound:
-                        self.on_cut()
-                    return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _pass(self, data, src, dst):
+        upstream_bound = dst.getpeername()[1] == self.target_port
+        with self._count:
+            if upstream_bound:
+                self.sent += len(data)
+                fault = self.cut_after is not None and self.sent > self.cut_after and not self.faults
+            else:  # an answer: past any "100 Continue" lines, is it a 2xx?
+                fault = self.lose_answer and CONTINUE.sub(b"", data).startswith(b"HTTP/1.1 2")
+                self.lose_answer = self.lose_answer and not fault
+            self.faults += fault
+        if fault and upstream_bound:
+            self.on_cut()
+        return not fault
 
 
 @pytest.mark.comfy
