@@ -169,6 +169,22 @@ def parse_output_mode(raw: str) -> str:
 parse_output_mode.__doc__ = " | ".join(output_registry.output_modes())
 
 
+def parse_comfy_gpus(raw: str) -> str | int | tuple[str, ...]:
+    """`auto`, a count (`4`: GPUs 0-3) or a comma list of GPU indices or UUIDs (`2,3`; one GPU: `3,`)."""
+    text = raw.strip().lower()
+    if text == "auto":
+        return "auto"
+    if "," not in text:
+        count = parse_int(text)
+        if not 1 <= count <= 64:
+            raise ValueError("a count of ComfyUI backends is 1-64")
+        return count
+    gpus = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not gpus or len(set(gpus)) != len(gpus) or not all(re.fullmatch(r"[0-9]+|(GPU|MIG)-[0-9A-Za-z-]+", g) for g in gpus):
+        raise ValueError("list distinct GPU indices (0,1) or UUIDs (GPU-…), comma separated")
+    return gpus
+
+
 def choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -260,6 +276,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("comfy_host", ("COMFY_HOST",), parse_str, "127.0.0.1", "127.0.0.1",
             "Address ComfyUI listens on. Keep it loopback: ComfyUI has no authentication.", group="comfy"),
     Setting("comfy_port", ("COMFY_PORT",), parse_port, 8188, 8188, "Port ComfyUI listens on.", group="comfy"),
+    Setting("comfy_gpus", ("COMFY_GPUS",), parse_comfy_gpus, "auto", "auto",
+            "Pod mode: how many ComfyUI programs run, one per GPU, each pinned to it (`CUDA_VISIBLE_DEVICES`) "
+            "on its own port from `COMFY_PORT` up. `auto`: one per GPU that `CUDA_VISIBLE_DEVICES` or the "
+            "`/dev/nvidia<N>` nodes show, one on a machine without GPU; a count (`4`); or GPU indices or "
+            "UUIDs, comma separated (`2,3`; a single one: `3,`). Serverless always runs one.", group="comfy"),
     Setting("comfy_url", ("COMFY_URL",), parse_str, "", "",
             "Use an already running ComfyUI at this URL instead of starting one (CLI and tests).", group="comfy"),
     Setting("comfy_extra_args", ("COMFY_EXTRA_ARGS",), parse_list, (), (),

@@ -19,10 +19,10 @@ WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8
 class NoComfy:
     """A provider that fails the test if a bad job ever reaches ComfyUI."""
 
-    async def client_for(self, spec):
+    async def client_for(self, spec, backend=None):
         raise AssertionError("bad input reached ComfyUI")
 
-    def report_crash(self):
+    def report_crash(self, comfy):
         pass
 
 

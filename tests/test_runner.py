@@ -126,7 +126,7 @@ def test_cancelling_the_job_interrupts_comfy(comfy):
         runner = JobRunner(settings, SpecStore(REPO_ROOT / "versions"), FixedComfy(client))
         submitted = asyncio.Event()
         task = asyncio.create_task(runner.run({"workflow": workflows.sleep_then_save(30, steps=300)},
-                                              on_submitted=lambda pid: submitted.set()))
+                                              on_submitted=lambda pid, backend: submitted.set()))
         await submitted.wait()
         await asyncio.sleep(0.3)
         task.cancel()

@@ -66,13 +66,13 @@ def leaks(server) -> list:
 
 
 class NoComfy:
-    async def client_for(self, spec):
+    async def client_for(self, spec, backend=None):
         raise AssertionError("a refused URL reached ComfyUI")
 
-    def release(self):
+    def release(self, comfy):
         pass
 
-    def report_crash(self):
+    def report_crash(self, comfy):
         pass
 
 

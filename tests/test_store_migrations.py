@@ -39,7 +39,8 @@ def old_database(path: Path, *scripts: str) -> Path:
 
 
 # What migrations 4 and later add to an existing job row, at their defaults.
-ADDED_JOB_COLUMNS = {"comfy_attempts": 0, "webhook": None, "timings_ms": None, "request_sha256": None}
+ADDED_JOB_COLUMNS = {"comfy_attempts": 0, "webhook": None, "timings_ms": None, "request_sha256": None,
+                     "backend": None}
 
 
 def rows(path: Path, table: str) -> list[dict]:
@@ -84,8 +85,10 @@ def test_a_database_from_9f1517f_is_migrated_and_keeps_every_row(tmp_path):
     assert schema(path) == fresh_schema(tmp_path)  # same shape as a database made today
     assert rows(path, "jobs") == [{**r, **ADDED_JOB_COLUMNS} for r in before["jobs"]]
     assert rows(path, "downloads") == [{**r, "replace_existing": 0} for r in before["downloads"]]
-    assert rows(path, "comfy_state") == before["comfy_state"]
-    assert rows(path, "comfy_leases") == before["comfy_leases"]
+    # The one ComfyUI's runtime is backend 0's; leases were heartbeats, not history (migration 8).
+    assert rows(path, "comfy_backends") == [{"backend": 0, "runtime": r["runtime"], "target": None, "switcher": None,
+                                             "switch_heartbeat": None} for r in before["comfy_state"]]
+    assert rows(path, "comfy_leases") == []
 
     # and it works: old rows through today's stores, new rows beside them
     jobs, downloads = JobStore(db), DownloadStore(db)

@@ -62,7 +62,7 @@ class FakeComfy:
     async def client_for(self, spec):
         return self
 
-    def report_crash(self):
+    def report_crash(self, comfy):
         self.events.append(("crash", self.runtime.label))
 
     async def close(self):
@@ -99,17 +99,17 @@ def test_jobs_of_one_version_share_comfyui_and_a_switch_waits_for_them_without_s
         late_one = asyncio.create_task(provider.client_for(one))
         await settle()
         assert not wants_two.done() and not late_one.done()  # the late job queues behind the switch
-        provider.release()
+        provider.release(None)
         await settle()
         assert not wants_two.done()
-        provider.release()                     # the last job of `one` is done: switch now
+        provider.release(None)                     # the last job of `one` is done: switch now
         await wants_two
         assert events == [("start", "one"), ("stop", "one"), ("start", "two")]
         assert provider.current_version == "two" and not late_one.done()
-        provider.release()
+        provider.release(None)
         await late_one
         assert events[-2:] == [("stop", "two"), ("start", "one")]
-        provider.release()
+        provider.release(None)
         await provider.close()
         assert events[-1] == ("stop", "one") and provider.current_version is None
 
@@ -135,8 +135,8 @@ def test_a_cancelled_waiter_or_a_comfyui_that_fails_to_start_blocks_no_later_job
         waiting.cancel()                      # e.g. the job was cancelled while it waited
         await asyncio.gather(waiting, return_exceptions=True)
         await provider.client_for(one)        # nobody is queued any more: runs at once
-        provider.release()
-        provider.release()
+        provider.release(None)
+        provider.release(None)
         with pytest.raises(AppError) as failed:
             await provider.client_for(two)
         assert failed.value.code == "comfy_init_failed:exited"
@@ -163,7 +163,7 @@ def test_a_version_that_is_not_installed_fails_the_job_unless_auto_install_is_on
         provider, events = fake_provider(settings.replace(auto_install_versions=True))
         await provider.client_for(three)
         assert events == [("start", "three")] and provider.current_version == "three"
-        provider.release()
+        provider.release(None)
 
     asyncio.run(refused())
     asyncio.run(installed_first())
@@ -179,7 +179,7 @@ def test_a_failed_auto_install_leaves_the_running_version_running(installed):
     async def scenario():
         provider, events = fake_provider(settings)
         await provider.client_for(specs.load("one"))
-        provider.release()
+        provider.release(None)
         with pytest.raises(AppError) as failed:
             await provider.client_for(specs.load("broken"))
         assert failed.value.code == "version_install_failed:broken:comfyui_commit"
@@ -204,7 +204,7 @@ def test_a_running_version_whose_spec_changed_is_reinstalled_once_its_jobs_are_d
         second = asyncio.create_task(provider.client_for(edited))
         await settle()
         assert not second.done()               # its folder is not replaced under a running job
-        provider.release()
+        provider.release(None)
         await second
         assert events == [("start", "edited"), ("stop", "edited"), ("start", "edited")]
         assert state(edited, settings) == "installed"
@@ -222,7 +222,7 @@ def test_developer_mode_runs_comfy_home_for_every_version_without_switching(inst
         provider, events = fake_provider(settings)
         for version_id in ("one", "two", "one"):
             await provider.client_for(specs.load(version_id))
-            provider.release()
+            provider.release(None)
         assert events == [("start", f"comfy_home:{tmp_path / 'ComfyUI'}")]
         assert provider.current_version == f"comfy_home:{tmp_path / 'ComfyUI'}"
 

@@ -19,6 +19,7 @@ from services.api.metrics import MetricsResource
 from services.api.openapi import COMFY_UI_PATHS, OpenApiResource
 from services.api.readiness import Readiness
 from services.api.session import SessionResource
+from services.comfy import backends
 from services.comfy.client import ComfyClient
 from services.jobs.runner import JobRunner
 from services.comfy.supervised import SupervisedComfy
@@ -79,29 +80,31 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     exposure.check_bind(settings)  # etc/gunicorn.conf.py refuses first; this covers other servers
     check_webhook_settings(settings)  # python -m services.pod refuses first
     logs.configure_from(settings)
-    comfy_url = settings.comfy_url or f"http://{settings.comfy_host}:{settings.comfy_port}"
-    comfy = ComfyClient(comfy_url)
-    proxy = comfy_proxy.ComfyProxy(comfy_url)  # COMFY_UI_PROXY's /comfy/; idle (no session) when off
+    pod_backends = backends.plan(settings)  # one ComfyUI per GPU
+    clients = {b.index: ComfyClient(b.url) for b in pod_backends}
+    # COMFY_UI_PROXY's /comfy/ is the first backend's editor; idle (no session) when off.
+    proxy = comfy_proxy.ComfyProxy(pod_backends[0].url)
     db = Database(settings.state_db)
     store = JobStore(db)
     owner = worker_id()
     comfy_state = ComfyStateStore(db)
-    provider = SupervisedComfy(settings, comfy_state, comfy, owner)
+    health = HealthState(settings, pod_backends, clients,
+                         lambda: {"appliance": __version__, "comfy": comfy_state.runtime()}, comfy_state.runtimes)
+    provider = SupervisedComfy(settings, comfy_state, pod_backends, clients, owner, serving=health.serving)
     runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
     executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)
-    health = HealthState(settings, comfy, lambda: {"appliance": __version__, "comfy": comfy_state.runtime()})
     readiness = Readiness(settings, health, store)
 
     dispatcher = webhooks.WebhookDispatcher(settings, db, store, owner)
-    middleware = [Lifespan(health, readiness, provider, executor, dispatcher, _Closing(runner, comfy, proxy)),
-                  RequestGuard(settings)]
+    middleware = [Lifespan(health, readiness, provider, executor, dispatcher,
+                           _Closing(runner, *clients.values(), proxy)), RequestGuard(settings)]
     app = falcon.asgi.App(middleware=middleware)
     http.install(app)
     app.add_route("/healthz", HealthResource(health, settings))
     app.add_route("/readyz", HealthResource(readiness, settings))
     app.add_route("/openapi.json", OpenApiResource(COMFY_UI_PATHS if settings.comfy_ui_proxy else None))
     app.add_route("/metrics", MetricsResource(settings, db, health))
-    jobs.route(app, settings, runner, executor, store, comfy)
+    jobs.route(app, settings, runner, executor, store, clients)
     models.route(app, settings, DownloadStore(db))
     versions.route(app, settings, runner.specs)
     app.add_route("/session", SessionResource(settings))

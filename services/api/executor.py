@@ -130,9 +130,9 @@ class JobExecutor:
         try:
             opened = open_payload(json.loads(job.payload), self.settings)
             result = await self.runner.run(
-                opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id, attempts=job.comfy_attempts,
-                on_progress=lambda p, job_id=job.id: self._on_progress(job_id, p),
-                on_submitted=lambda prompt_id, job_id=job.id: self._on_submitted(job_id, prompt_id),
+                opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id, resume_backend=job.backend,
+                attempts=job.comfy_attempts, on_progress=lambda p, job_id=job.id: self._on_progress(job_id, p),
+                on_submitted=lambda prompt_id, backend, job_id=job.id: self._on_submitted(job_id, prompt_id, backend),
                 on_attempt=lambda n, job_id=job.id: self._on_attempt(job_id, n), encrypted=opened.encrypted)
             reply = opened.reply(result)
             await asyncio.to_thread(self.store.finish, self.owner, job.id, reply, result.get("timings_ms"))
@@ -170,12 +170,13 @@ class JobExecutor:
         self.progress[job_id] = progress.percent
         self.board.post(job_id, progress)
 
-    async def _on_submitted(self, job_id: str, prompt_id: str) -> None:
-        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id)
+    async def _on_submitted(self, job_id: str, prompt_id: str, backend: int | None) -> None:
+        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id, backend=backend)
 
     async def _on_attempt(self, job_id: str, attempt: int) -> None:
         # A new attempt submits a new prompt: the old prompt_id must not be resumed any more.
-        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, comfy_attempts=attempt, prompt_id=None)
+        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, comfy_attempts=attempt, prompt_id=None,
+                                backend=None)
 
 
 def worker_id() -> str:

@@ -2,7 +2,10 @@
 
 The request path does no I/O: ComfyUI is pinged, supervisord asked (XML-RPC over its unix
 socket) and the small state files in RUN_DIR read by the refresher, which also pre-serialises
-the answer. `ok` means ComfyUI answers and can use its GPU, so /healthz answers 503 when:
+the answer. Each ComfyUI backend (one per GPU: services/comfy/backends.py) is judged on its own
+(`backends`); `ok` means one of them answers and can use its GPU, so a faulted or degraded GPU
+takes only its backend out of the job router's rotation (`serving()`), and /healthz answers 503
+only when no backend can serve. A backend cannot serve when:
 
 - ComfyUI does not answer. `comfy.state` says whether it is `starting` (supervisord is starting
   or backing off the `comfyui` program, or it runs and has not answered yet, for at most
@@ -10,8 +13,8 @@ the answer. `ok` means ComfyUI answers and can use its GPU, so /healthz answers 
   it failed its checks, else supervisord's view of it.
 - A GPU fault is latched (services/gpu/fault_latch.py): ComfyUI answers but its CUDA context is
   broken until it restarts. `gpu_fault` holds `{reason, at}`, `comfy.reason` the reason.
-- gpuwatch reports the GPU `degraded` (uncorrected ECC errors, a lost GPU, an nvidia-smi that
-  hangs probe after probe); `gpu.reason` says why. `absent` (no NVIDIA driver: CI, a laptop) and
+- gpuwatch reports its GPU `degraded` (uncorrected ECC errors on it; or the whole machine's: a
+  lost GPU, an nvidia-smi that hangs probe after probe); `gpu.reason` says why. `absent` (no NVIDIA driver: CI, a laptop) and
   `unknown` do not: `unknown` is about the watcher (gpuwatch has not reported yet, its report is
   stale, nvidia-smi failed in a way that names no GPU fault, or hung once), not evidence that
   the GPU is broken, and a Pod must not flap out of its load balancer on it.
@@ -25,9 +28,10 @@ import asyncio
 import json
 import time
 import xmlrpc.client
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from services import logs, startup_ledger
+from services.comfy.backends import Backend
 from services.comfy.client import ComfyClient
 from services.gpu import fault_latch
 from services.gpu import state as gpu_state
@@ -43,19 +47,22 @@ STATS_EVERY = 30.0
 
 
 class HealthState:
-    def __init__(self, settings, comfy: ComfyClient, version: Callable[[], dict[str, Any]]):
+    def __init__(self, settings, backends: Sequence[Backend], clients: dict[int, ComfyClient],
+                 version: Callable[[], dict[str, Any]], runtimes: Callable[[], dict[int, str | None]]):
         self.settings = settings
-        self.comfy = comfy
+        self.backends = tuple(backends)
+        self.clients = clients
         self.version = version
+        self.runtimes = runtimes
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self.snapshot: dict[str, Any] = {}
         self.body = self.public_body = b"{}"
         self.status = 503
-        self._stats: dict[str, Any] = {}
-        self._stats_at = 0.0
+        self._stats: dict[int, dict[str, Any]] = {}
+        self._stats_at: dict[int, float] = {}
+        self._answered_pid: dict[int, int | None] = {}  # each program's pid when its ComfyUI last answered
+        self._ledger_pid: dict[int, int | None] = {}  # the last ComfyUI whose first answer went to its ledger
         self._public_key = public_key_b64(settings)
-        self._answered_pid: int | None = None  # the comfyui program's pid when ComfyUI last answered
-        self._ledger_pid: int | None = None  # the last ComfyUI whose first answer went to its ledger
         self._verdict: tuple | None = None
         self._refresher = Periodic("health_refresh", REFRESH_SECONDS, self.refresh)
 
@@ -65,77 +72,103 @@ class HealthState:
     async def stop(self) -> None:
         await self._refresher.stop()
 
+    def serving(self) -> list[int]:
+        """The backends that can take a job now (what the job router offers jobs to)."""
+        return [b["backend"] for b in self.snapshot.get("backends", ()) if b["ok"]]
+
     async def refresh(self) -> None:
-        comfy_up = await self.comfy.ping()
-        if comfy_up and time.monotonic() - self._stats_at > STATS_EVERY:
-            try:
-                self._stats = await self.comfy.system_stats()
-                self._stats_at = time.monotonic()
-            except Exception:
-                self._stats = {}
         programs: dict[str, Any] = {}
         if self.supervisor is not None:
             try:
                 programs = await asyncio.to_thread(self.supervisor.programs)
             except (OSError, xmlrpc.client.Error) as exc:
                 programs = {"error": f"supervisord unreachable: {type(exc).__name__}"}
-        run_dir = self.settings.run_dir
-        gpu = await asyncio.to_thread(gpu_state.read, run_dir, 3 * self.settings.gpu_poll_interval + 5)
-        fault = await asyncio.to_thread(fault_latch.read, run_dir)
-        program = programs.get("comfyui") if isinstance(programs.get("comfyui"), dict) else None
-        comfy: dict[str, Any] = {"url": self.comfy.base_url}
-        if comfy_up:
-            self._answered_pid = program["pid"] if program else None
-            if program and program["pid"] != self._ledger_pid:
-                self._ledger_pid = program["pid"]
-                await self._mark_answering(program["pid"])
-            system = self._stats.get("system", {})
-            comfy.update(state="ready", comfyui_version=system.get("comfyui_version"),
-                         devices=[d.get("name") for d in self._stats.get("devices", [])])
-            if fault:
-                comfy["reason"] = f"gpu_fault: {fault['reason']}"
-        else:
-            failure = await asyncio.to_thread(start_failure.read, run_dir)
-            comfy["state"], comfy["reason"] = comfy_down_state(failure, program, self._answered_pid,
-                                                               self.settings.comfy_start_timeout)
-        ok = comfy_up and fault is None and gpu.get("state") != "degraded"
+        gpu = await asyncio.to_thread(gpu_state.read, self.settings.run_dir, 3 * self.settings.gpu_poll_interval + 5)
+        runtimes = await asyncio.to_thread(self.runtimes)
+        views = [await self._backend_view(b, programs, gpu, runtimes.get(b.index)) for b in self.backends]
+        # The Pod serves while one backend does; the top-level `comfy`, `gpu_fault` (and `ok`)
+        # describe a serving backend, else the first one, so a one-GPU Pod reads as it always did.
+        shown = next((v for v in views if v["ok"]), views[0])
+        ok = shown["ok"]
         self.snapshot = {
             "ok": ok,
             "model_dir": str(self.settings.models_dir),
             "server_public_key_b64": self._public_key,
-            "comfy": comfy,
+            "comfy": shown["comfy"],
             "gpu": {k: gpu.get(k) for k in ("state", "reason", "checked_at", "gpus", "host") if k in gpu},
-            "gpu_fault": fault,
+            "gpu_fault": shown["gpu_fault"],
+            "backends": views,
             "programs": programs,
             "version": await asyncio.to_thread(self.version),
-            "startup": await asyncio.to_thread(startup_ledger.read_full, run_dir),
+            "startup": await asyncio.to_thread(startup_ledger.read_full, self.settings.run_dir),
         }
         self.body = json.dumps(self.snapshot).encode()
         self.public_body = json.dumps({"ok": ok, "server_public_key_b64": self._public_key}).encode()
         self.status = 200 if ok else 503
-        self._log_change(ok, comfy, gpu, fault)
+        self._log_change(ok, views)
 
-    async def _mark_answering(self, pid: int) -> None:
+    async def _backend_view(self, backend: Backend, programs: dict[str, Any], gpu: dict[str, Any],
+                            runtime: str | None) -> dict[str, Any]:
+        """One backend: whether it answers, what supervisord says of its program, its latched GPU
+        fault and its own GPU's state; `ok` when it can take a job."""
+        index, client = backend.index, self.clients[backend.index]
+        comfy_up = await client.ping()
+        if comfy_up and time.monotonic() - self._stats_at.get(index, 0.0) > STATS_EVERY:
+            try:
+                self._stats[index] = await client.system_stats()
+                self._stats_at[index] = time.monotonic()
+            except Exception:
+                self._stats[index] = {}
+        run_dir = backend.run_dir
+        fault = await asyncio.to_thread(fault_latch.read, run_dir)
+        program = programs.get(backend.program) if isinstance(programs.get(backend.program), dict) else None
+        comfy: dict[str, Any] = {"url": client.base_url}
+        if comfy_up:
+            self._answered_pid[index] = program["pid"] if program else None
+            if program and program["pid"] != self._ledger_pid.get(index):
+                self._ledger_pid[index] = program["pid"]
+                await self._mark_answering(run_dir, program["pid"])
+            stats = self._stats.get(index, {})
+            comfy.update(state="ready", comfyui_version=stats.get("system", {}).get("comfyui_version"),
+                         devices=[d.get("name") for d in stats.get("devices", [])])
+            if fault:
+                comfy["reason"] = f"gpu_fault: {fault['reason']}"
+        else:
+            failure = await asyncio.to_thread(start_failure.read, run_dir)
+            comfy["state"], comfy["reason"] = comfy_down_state(failure, program, self._answered_pid.get(index),
+                                                               self.settings.comfy_start_timeout)
+        own_gpu = gpu_state.for_gpu(gpu, backend.gpu)
+        return {"backend": index, "program": backend.program, "gpu": backend.gpu, "runtime": runtime,
+                "ok": comfy_up and fault is None and own_gpu.get("state") != "degraded",
+                "gpu_state": own_gpu.get("state"), "gpu_reason": own_gpu.get("reason"),
+                "gpu_fault": fault, "comfy": comfy}
+
+    async def _mark_answering(self, run_dir, pid: int) -> None:
         # ComfyUI was exec'd by services.comfyexec and cannot mark its own later stages; the
         # first successful ping of each ComfyUI pid is its `comfy_answering` (once, whichever
         # API worker sees it first: mark_for keeps the first).
         try:
-            await asyncio.to_thread(startup_ledger.mark_for, self.settings.run_dir, "comfyui", pid, "comfy_answering")
+            await asyncio.to_thread(startup_ledger.mark_for, run_dir, "comfyui", pid, "comfy_answering")
         except OSError as exc:
             log.warning("startup_ledger_unwritable", error=type(exc).__name__)
 
-    def _log_change(self, ok: bool, comfy: dict[str, Any], gpu: dict[str, Any], fault: dict | None) -> None:
-        # Once per change of what makes /healthz fail, not every second.
-        verdict = (ok, comfy["state"], gpu.get("state") == "degraded", fault is not None)
+    def _log_change(self, ok: bool, views: list[dict[str, Any]]) -> None:
+        # Once per change of what makes a backend (or the Pod) fail, not every second.
+        verdict = (ok, *((v["ok"], v["comfy"]["state"], v["gpu_state"] == "degraded", v["gpu_fault"] is not None)
+                         for v in views))
         if verdict == self._verdict:
             return
         self._verdict = verdict
+        for view in views:
+            if not view["ok"]:
+                log.warning("backend_unhealthy", program=view["program"], comfy=view["comfy"]["state"],
+                            comfy_reason=view["comfy"].get("reason"), gpu=view["gpu_state"],
+                            gpu_reason=view["gpu_reason"],
+                            gpu_fault=view["gpu_fault"]["reason"] if view["gpu_fault"] else None)
         if ok:
-            log.info("healthy")
+            log.info("healthy", serving=sum(v["ok"] for v in views), backends=len(views))
         else:
-            log.warning("unhealthy", comfy=comfy["state"], comfy_reason=comfy.get("reason"),
-                        gpu=gpu.get("state"), gpu_reason=gpu.get("reason"),
-                        gpu_fault=fault["reason"] if fault else None)
+            log.warning("unhealthy", detail="no ComfyUI backend can serve")
 
 
 def comfy_down_state(failure: str | None, program: dict[str, Any] | None, answered_pid: int | None,

@@ -143,8 +143,8 @@ class RunResource:
 
 
 class JobResource:
-    def __init__(self, store: JobStore, executor: JobExecutor, comfy: ComfyClient):
-        self.store, self.executor, self.comfy = store, executor, comfy
+    def __init__(self, store: JobStore, executor: JobExecutor, comfy: dict[int, ComfyClient]):
+        self.store, self.executor, self.comfy = store, executor, comfy  # comfy: a client per backend
 
     async def _get(self, job_id: str):
         job = await asyncio.to_thread(self.store.get, job_id)
@@ -170,8 +170,8 @@ class JobResource:
         if local is not None:
             local.cancel()
         elif job.state == JobState.RUNNING and job.prompt_id:
-            # Another worker owns it: interrupt ComfyUI now; its heartbeat sees the flag soon.
-            await self.comfy.cancel(job.prompt_id)
+            # Another worker owns it: interrupt its ComfyUI now; its heartbeat sees the flag soon.
+            await self.comfy.get(job.backend or 0, self.comfy[0]).cancel(job.prompt_id)
         send_json(resp, job.public(), 202)
 
 

@@ -38,14 +38,15 @@ def not_ready(snapshot: dict[str, Any], active: int | None, limit: int) -> dict[
     if not snapshot or active is None:
         return {"unchecked": "the first checks have not run yet"}
     reasons = {}
-    comfy = snapshot.get("comfy", {})
+    if snapshot.get("ok"):  # a backend serves (on a multi-GPU Pod another may be down: not a reason)
+        comfy, fault, gpu = {"state": "ready"}, None, {}
+    else:
+        comfy, fault, gpu = snapshot.get("comfy", {}), snapshot.get("gpu_fault"), snapshot.get("gpu", {})
     state = comfy.get("state") or "down"
     if state != "ready":
         reasons[f"comfy_{state}"] = comfy.get("reason") or f"ComfyUI is {state}"
-    fault = snapshot.get("gpu_fault")
     if fault:
         reasons["gpu_fault"] = str(fault.get("reason") or "a GPU fault is latched")
-    gpu = snapshot.get("gpu", {})
     if gpu.get("state") == "degraded":
         reasons["gpu_degraded"] = gpu.get("reason") or "gpuwatch reports the GPU degraded"
     if limit and active >= limit:

@@ -104,11 +104,15 @@ def child_env() -> dict[str, str]:
 class ComfyLauncher:
     def __init__(self, *, comfy_home: Path, python: Path, host: str, port: int,
                  io_dir: Path, run_dir: Path, model_roots: Sequence[Path],
-                 extra_args: Sequence[str] = (), line_sink: Callable[[str], None] | None = None):
+                 extra_args: Sequence[str] = (), line_sink: Callable[[str], None] | None = None,
+                 temp_name: str | None = None):
         self.comfy_home = Path(comfy_home)
         self.python = Path(python)
         self.host, self.port = host, port
         self.io_dir, self.run_dir = Path(io_dir), Path(run_dir)
+        # ComfyUI's temp folder is `<--temp-directory>/temp` and emptied at its start: a second
+        # ComfyUI on the same folders gets its own (services/comfy/backends.py).
+        self.temp_root = self.io_dir / temp_name if temp_name else self.io_dir
         self.model_roots = list(model_roots)
         self.extra_args = list(extra_args)
         self._sink = line_sink
@@ -121,13 +125,14 @@ class ComfyLauncher:
 
     @classmethod
     def from_settings(cls, settings, *, comfy_home: Path | None = None, python: Path | None = None,
-                      extra_args: Sequence[str] = (),
-                      line_sink: Callable[[str], None] | None = None) -> "ComfyLauncher":
+                      extra_args: Sequence[str] = (), line_sink: Callable[[str], None] | None = None,
+                      temp_name: str | None = None) -> "ComfyLauncher":
         roots = [settings.comfy_cache_root / "models", settings.models_dir]
         args = device.comfy_args([*settings.comfy_extra_args, *extra_args], settings.comfy_cpu)
         return cls(comfy_home=comfy_home or settings.comfy_home, python=python or settings.comfy_python,
                    host=settings.comfy_host, port=settings.comfy_port, io_dir=settings.comfy_io_dir,
-                   run_dir=settings.run_dir, model_roots=roots, extra_args=args, line_sink=line_sink)
+                   run_dir=settings.run_dir, model_roots=roots, extra_args=args, line_sink=line_sink,
+                   temp_name=temp_name)
 
     # ---- state ------------------------------------------------------------------------
     @property
@@ -161,7 +166,7 @@ class ComfyLauncher:
                 "--listen", self.host, "--port", str(self.port),
                 "--extra-model-paths-config", str(self.run_dir / "extra_model_paths.yaml"),
                 "--output-directory", str(io / "output"), "--input-directory", str(io / "input"),
-                "--temp-directory", str(io), "--user-directory", str(io / "user"),
+                "--temp-directory", str(self.temp_root), "--user-directory", str(io / "user"),
                 "--disable-auto-launch", *self.extra_args]
 
     def _fail(self, reason: str, detail: str) -> AppError:
@@ -182,8 +187,8 @@ class ComfyLauncher:
             raise self._fail("no_main_py", f"no main.py in COMFY_HOME {self.comfy_home}")
         if port_in_use(self.host, self.port):
             raise self._fail("port_in_use", f"{self.host}:{self.port} is already taken by another process")
-        for sub in ("output", "input", "temp", "user"):
-            (self.io_dir / sub).mkdir(parents=True, exist_ok=True)
+        for folder in (self.io_dir / "output", self.io_dir / "input", self.temp_root / "temp", self.io_dir / "user"):
+            folder.mkdir(parents=True, exist_ok=True)
         for root in self.model_roots:
             Path(root).mkdir(parents=True, exist_ok=True)
         write_extra_model_paths(self.run_dir / "extra_model_paths.yaml", self.model_roots)

@@ -10,10 +10,11 @@ import asyncio
 
 from services.comfy.client import ComfyClient
 from services.comfy.launcher import ComfyLauncher
+from services.comfy.provider import OneComfy
 from services.versions.spec import VersionSpec
 
 
-class OwnedComfy:
+class OwnedComfy(OneComfy):
     def __init__(self, launcher: ComfyLauncher, start_timeout: float):
         self.launcher = launcher
         self.start_timeout = start_timeout
@@ -24,21 +25,21 @@ class OwnedComfy:
     def current_version(self) -> str:
         return f"comfy_home:{self.launcher.comfy_home}"
 
-    async def client_for(self, spec: VersionSpec) -> ComfyClient:
+    async def client_for(self, spec: VersionSpec, backend: int | None = None) -> ComfyClient:
         async with self._lock:  # one start at a time; later jobs find it ready
             await asyncio.to_thread(self.launcher.ensure_running, self.start_timeout)
         return self.client
 
-    def release(self) -> None:
+    def release(self, comfy: ComfyClient) -> None:
         pass  # one ComfyUI for every job: nothing waits for jobs to end
 
-    def report_crash(self) -> None:
+    def report_crash(self, comfy: ComfyClient) -> None:
         self.launcher.mark_defunct()
 
-    async def report_gpu_fault(self, fault: str) -> None:
-        await self.restart("gpu_fault", 0.0)
+    async def report_gpu_fault(self, comfy: ComfyClient, fault: str) -> None:
+        await self.restart(comfy, "gpu_fault", 0.0)
 
-    async def restart(self, reason: str, stuck_for: float) -> None:
+    async def restart(self, comfy: ComfyClient, reason: str, stuck_for: float) -> None:
         # Under the start lock: a job asking for ComfyUI meanwhile waits, then starts a fresh one.
         async with self._lock:
             await asyncio.to_thread(self.launcher.kill, stuck_for)

@@ -19,32 +19,50 @@ class ComfyProvider(Protocol):
     """Hands out a ready client for a version, waiting while its ComfyUI starts or restarts
     (bounded by COMFY_START_TIMEOUT) rather than failing the job.
 
-    Every `client_for` is paired with one `release()` when the job is done with ComfyUI, so a
-    provider that switches versions knows when none is in flight. `current_version` is what
-    runs (a version id, `comfy_home:<path>`, or None when unknown); jobs report it.
+    Every `client_for` is paired with one `release(client)` when the job is done with ComfyUI,
+    so a provider that switches versions knows when none is in flight. A Pod with several GPUs
+    has one ComfyUI per GPU (services/comfy/supervised.py): the client names which one the job
+    got, and every later call about it passes that client back.
     """
 
-    async def client_for(self, spec: VersionSpec) -> ComfyClient: ...
+    async def client_for(self, spec: VersionSpec, backend: int | None = None) -> ComfyClient:
+        """`backend`: the one that has the job's prompt, when a job is adopted from a dead worker."""
 
-    def release(self) -> None: ...
+    def release(self, comfy: ComfyClient) -> None: ...
 
-    def report_crash(self) -> None: ...
+    def report_crash(self, comfy: ComfyClient) -> None: ...
 
-    async def restart(self, reason: str, stuck_for: float) -> None:
+    async def restart(self, comfy: ComfyClient, reason: str, stuck_for: float) -> None:
         """Kill a ComfyUI that has been stuck for `stuck_for` seconds (the stall watchdog) and
         have it started again; returns once the old process is gone, so a job waiting next cannot
         reach it. A process younger than `stuck_for` is left alone: it is already a restart
         (another job's watchdog got there first)."""
 
-    async def report_gpu_fault(self, fault: str) -> None:
+    async def report_gpu_fault(self, comfy: ComfyClient, fault: str) -> None:
         """A job met a sticky CUDA error (`gpu_fault`): the ComfyUI process that met it can run no
         more GPU work, a new one can (a fresh CUDA context)."""
 
-    @property
-    def current_version(self) -> str | None: ...
+    def version_of(self, comfy: ComfyClient) -> str | None:
+        """What that ComfyUI runs (a version id, `comfy_home:<path>`, or None when unknown);
+        jobs report it."""
+
+    def backend_of(self, comfy: ComfyClient) -> int | None:
+        """Which of the Pod's backends it is (services/comfy/backends.py); None: the only one."""
 
 
-class FixedComfy:
+class OneComfy:
+    """The part of the protocol every provider of a single ComfyUI shares."""
+
+    current_version: str | None
+
+    def version_of(self, comfy: ComfyClient) -> str | None:
+        return self.current_version
+
+    def backend_of(self, comfy: ComfyClient) -> int | None:
+        return None
+
+
+class FixedComfy(OneComfy):
     """A ComfyUI someone else runs and restarts."""
 
     def __init__(self, client: ComfyClient):
@@ -52,18 +70,18 @@ class FixedComfy:
 
     current_version = None  # whatever its owner runs
 
-    async def client_for(self, spec: VersionSpec) -> ComfyClient:
+    async def client_for(self, spec: VersionSpec, backend: int | None = None) -> ComfyClient:
         return self.client
 
-    def release(self) -> None:
+    def release(self, comfy: ComfyClient) -> None:
         pass
 
-    def report_crash(self) -> None:
+    def report_crash(self, comfy: ComfyClient) -> None:
         pass  # its owner restarts it
 
-    async def report_gpu_fault(self, fault: str) -> None:
-        await self.restart("gpu_fault", 0.0)
+    async def report_gpu_fault(self, comfy: ComfyClient, fault: str) -> None:
+        await self.restart(comfy, "gpu_fault", 0.0)
 
-    async def restart(self, reason: str, stuck_for: float) -> None:
+    async def restart(self, comfy: ComfyClient, reason: str, stuck_for: float) -> None:
         log.error("comfy_restart_impossible", reason=reason, url=self.client.base_url,
                   detail="this ComfyUI is run by someone else; restart it there")

@@ -22,6 +22,7 @@ from services import logs
 from services.comfy.client import ComfyClient
 from services.comfy.launcher import ComfyLauncher
 from services.comfy.owned import OwnedComfy
+from services.comfy.provider import OneComfy
 from services.comfy.runtime import Runtime, installed, not_installed, resolve
 from services.versions.install import install
 from services.versions.spec import VersionSpec
@@ -34,16 +35,16 @@ class Started(Protocol):
 
     async def client_for(self, spec: VersionSpec) -> ComfyClient: ...
 
-    def report_crash(self) -> None: ...
+    def report_crash(self, comfy: ComfyClient) -> None: ...
 
-    async def restart(self, reason: str, stuck_for: float) -> None: ...
+    async def restart(self, comfy: ComfyClient, reason: str, stuck_for: float) -> None: ...
 
-    async def report_gpu_fault(self, fault: str) -> None: ...
+    async def report_gpu_fault(self, comfy: ComfyClient, fault: str) -> None: ...
 
     async def close(self) -> None: ...
 
 
-class VersionedComfy:
+class VersionedComfy(OneComfy):
     def __init__(self, settings, *, start: Callable[[Runtime], Started] | None = None,
                  line_sink: Callable[[str], None] | None = None):
         self.settings = settings
@@ -71,8 +72,8 @@ class VersionedComfy:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def client_for(self, spec: VersionSpec) -> ComfyClient:
-        """A ready client of ComfyUI running this version; pair every call with `release()`."""
+    async def client_for(self, spec: VersionSpec, backend: int | None = None) -> ComfyClient:
+        """A ready client of ComfyUI running this version; pair every call with `release(client)`."""
         runtime = resolve(spec, self.settings)
         if not self.settings.auto_install_versions and not installed(spec, runtime, self.settings):
             raise not_installed(spec, self.settings)
@@ -90,7 +91,8 @@ class VersionedComfy:
         try:
             return await self._comfy.client_for(spec)  # starts it, or restarts it after a crash
         except BaseException:
-            self.release()
+            self._leases -= 1
+            self._notify()
             raise
 
     async def _turn(self, ticket: object, spec: VersionSpec, runtime: Runtime) -> bool:
@@ -130,22 +132,22 @@ class VersionedComfy:
         if comfy is not None:
             await comfy.close()
 
-    def release(self) -> None:
+    def release(self, comfy: ComfyClient) -> None:
         """The job that got a client is done with it (ComfyUI may be switched once none is left)."""
         self._leases -= 1
         self._notify()
 
-    def report_crash(self) -> None:
+    def report_crash(self, comfy: ComfyClient) -> None:
         if self._comfy is not None:
-            self._comfy.report_crash()
+            self._comfy.report_crash(comfy)
 
-    async def report_gpu_fault(self, fault: str) -> None:
+    async def report_gpu_fault(self, comfy: ComfyClient, fault: str) -> None:
         if self._comfy is not None:
-            await self._comfy.report_gpu_fault(fault)
+            await self._comfy.report_gpu_fault(comfy, fault)
 
-    async def restart(self, reason: str, stuck_for: float) -> None:
+    async def restart(self, comfy: ComfyClient, reason: str, stuck_for: float) -> None:
         if self._comfy is not None:
-            await self._comfy.restart(reason, stuck_for)
+            await self._comfy.restart(comfy, reason, stuck_for)
 
     async def close(self) -> None:
         await self._stop()

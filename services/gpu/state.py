@@ -72,6 +72,23 @@ def host_stats(disk_paths: list[Path]) -> dict[str, Any]:
             "ram_available": memory.available, "disks": disks}
 
 
+def for_gpu(snapshot: dict[str, Any], gpu: str | None) -> dict[str, Any]:
+    """`{state, reason}` of one GPU (a CUDA_VISIBLE_DEVICES entry: an index or a UUID) in a
+    snapshot: `degraded` when it has problems of its own, else the machine's state, unless that
+    state comes from another GPU's problems only (each backend judges its own GPU). `gpu` None:
+    the machine's."""
+    listed = snapshot.get("gpus") or []
+    if gpu is None or not listed:
+        return {"state": snapshot.get("state"), "reason": snapshot.get("reason")}
+    mine = next((g for g in listed if str(g.get("index")) == gpu or g.get("uuid") == gpu), None)
+    if mine is None:
+        return {"state": "unknown", "reason": f"nvidia-smi does not list GPU {gpu}"}
+    problems = mine.get("problems") or []
+    if problems:
+        return {"state": "degraded", "reason": "; ".join(f"GPU {mine['index']}: {p}" for p in problems)}
+    return {"state": "ok", "reason": ""}
+
+
 def write(run_dir: Path, snapshot: dict[str, Any]) -> None:
     atomic_file.write_text(run_dir / FILENAME, json.dumps(snapshot))
 

@@ -110,12 +110,13 @@ class JobRunner:
 
     async def run(self, payload: Any, *, job_id: str | None = None,
                   on_progress: ProgressCallback | None = None,
-                  on_submitted: Callable[[str], Awaitable[None] | None] | None = None,
-                  resume_prompt_id: str | None = None, attempts: int = 0,
+                  on_submitted: Callable[[str, int | None], Awaitable[None] | None] | None = None,
+                  resume_prompt_id: str | None = None, resume_backend: int | None = None, attempts: int = 0,
                   on_attempt: Callable[[int], Awaitable[None] | None] | None = None,
                   encrypted: bool = False) -> dict[str, Any]:
-        """Run one job. `resume_prompt_id`: the job's prompt was submitted by a worker that died;
-        wait on it if ComfyUI still has it, else submit the job again. `attempts`: how often the
+        """Run one job. `resume_prompt_id`: the job's prompt was submitted (to ComfyUI backend
+        `resume_backend`) by a worker that died; wait on it if ComfyUI still has it, else submit
+        the job again. `on_submitted(prompt_id, backend)` is told where each attempt went. `attempts`: how often the
         job was handed to ComfyUI before (stored with a Pod job); `on_attempt(n)` is told each new one.
         `encrypted`: the payload came sealed (see `validate`)."""
         watch = Stopwatch()
@@ -134,8 +135,9 @@ class JobRunner:
             watch.lap("models")
 
             while True:
-                comfy = await self.provider.client_for(spec)  # waits while ComfyUI (re)starts
-                in_use = self.provider.current_version  # read while the job holds ComfyUI: no switch can interleave
+                # Waits while ComfyUI (re)starts; an adopted prompt is asked of the backend that has it.
+                comfy = await self.provider.client_for(spec, resume_backend if resume_prompt_id else None)
+                in_use = self.provider.version_of(comfy)  # read while the job holds ComfyUI: no switch can interleave
                 watch.lap("comfy_ready")
                 if resume_prompt_id is None:  # adopting a dead worker's prompt is no new attempt
                     attempts += 1
@@ -155,14 +157,14 @@ class JobRunner:
                         exc.extra.setdefault("attempts", attempts)
                     raise
                 finally:
-                    self.provider.release()
+                    self.provider.release(comfy)
         if not self.settings.no_history:
             result["comfy_version"] = in_use
         return result
 
     async def _execute(self, comfy: ComfyClient, request: JobRequest, spec: VersionSpec, workflow: dict[str, Any],
                        job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
-                       on_submitted: Callable[[str], Awaitable[None] | None] | None,
+                       on_submitted: Callable[[str, int | None], Awaitable[None] | None] | None,
                        resume_prompt_id: str | None) -> dict[str, Any]:
         if isinstance(workflow, UiWorkflow):  # the editor's format: what it means depends on this ComfyUI's nodes
             workflow = self._customize(request, spec, workflow.to_prompt(await comfy.object_info_once()))
@@ -177,7 +179,7 @@ class JobRunner:
 
     async def _run_prompt(self, comfy: ComfyClient, request: JobRequest, spec: VersionSpec, prompt: dict[str, Any],
                           job_id: str, watch: Stopwatch, on_progress: ProgressCallback | None,
-                          on_submitted: Callable[[str], Awaitable[None] | None] | None,
+                          on_submitted: Callable[[str, int | None], Awaitable[None] | None] | None,
                           resume_prompt_id: str | None, workflow: dict[str, Any]) -> dict[str, Any]:
         """`workflow` is the job's workflow before `prompt` was made from it (the provenance's hash)."""
         outcome = None
@@ -195,7 +197,7 @@ class JobRunner:
             prompt_id = await comfy.submit(prompt)
             watch.lap("submit")
             log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)
-            await _call(on_submitted, prompt_id)
+            await _call(on_submitted, prompt_id, self.provider.backend_of(comfy))
             outcome = await self._wait(comfy, prompt_id, prompt, request.timeout, on_progress,
                                        stall_timeout=self._stall_timeout(spec))
         watch.lap("execute")
@@ -204,7 +206,7 @@ class JobRunner:
             await self._forget(comfy, prompt_id)
             return {"prompt_id": prompt_id}
         origin = await asyncio.to_thread(provenance.build, spec, self.settings, workflow,
-                                         self.provider.current_version)
+                                         self.provider.version_of(comfy))
         outputs = await self.deliverer.deliver(comfy, outcome, request, job_id,
                                                provenance.OutputStamp.of(origin, prompt, outcome, self.settings))
         watch.lap("deliver")
@@ -271,9 +273,9 @@ class JobRunner:
             if exc.prefix == "comfy_stalled":
                 await self._recover_stall(comfy, prompt_id, stall_timeout)
             elif exc.prefix == "comfy_crashed":
-                self.provider.report_crash()
+                self.provider.report_crash(comfy)
             elif exc.prefix == "gpu_fault":
-                await asyncio.shield(self.provider.report_gpu_fault(exc.extra.get("fault") or exc.detail))
+                await asyncio.shield(self.provider.report_gpu_fault(comfy, exc.extra.get("fault") or exc.detail))
             raise
 
     async def _recover_stall(self, comfy: ComfyClient, prompt_id: str, stall_timeout: float) -> None:
@@ -292,7 +294,7 @@ class JobRunner:
             log.warning("comfy_stall_interrupted", prompt_id=prompt_id, ended=exc.prefix)
             return
         log.error("comfy_stall_restart", prompt_id=prompt_id, grace=grace)
-        await self.provider.restart("stalled", stuck_for=stall_timeout)
+        await self.provider.restart(comfy, "stalled", stuck_for=stall_timeout)
 
     async def _forget(self, comfy: ComfyClient, prompt_id: str) -> None:
         try:

@@ -3,8 +3,8 @@
 Validates the settings first (a wrong value, or a public API_HOST without API_TOKEN, stops
 here with one line), installs the version ComfyUI will run when it is missing (locally or with
 AUTO_INSTALL_VERSIONS=1: see services/pod/first_run.py; a failure stops here with one line
-too), creates the folders, exports the values etc/supervisord.conf expands (`%(ENV_...)s`),
-then execs supervisord in the foreground, so in the container it is PID 1's direct child (or
+too), creates the folders, writes one ComfyUI program per GPU (services/pod/comfy_programs.py),
+exports the values etc/supervisord.conf expands (`%(ENV_...)s`), then execs supervisord in the foreground, so in the container it is PID 1's direct child (or
 PID 1) and reaps zombies.
 supervisord gets no secret: they go to a 0600 file that only the programs granted them read
 (services/pod/grant.py, services/secret_env.py).
@@ -20,7 +20,8 @@ from services import config, logs, secret_env
 from services.api.exposure import check_bind
 from services.webhooks import startup as webhook_startup
 from services.errors import AppError
-from services.pod import first_run, grant, start_failure
+from services.comfy import backends
+from services.pod import comfy_programs, first_run, grant, start_failure
 
 DEFAULT_CONF = config.REPO_ROOT / "etc" / "supervisord.conf"
 
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     private = args.config.parent.parent / ".run"  # beside supervisord's socket, off the volume
     for folder in (settings.log_dir, settings.run_dir, settings.data_root, private):
         folder.mkdir(parents=True, exist_ok=True)
-    start_failure.clear(settings.run_dir)  # a reason left by an earlier boot says nothing about this one
+    pod_backends = backends.plan(settings)
+    for backend in pod_backends:
+        backend.run_dir.mkdir(parents=True, exist_ok=True)
+        start_failure.clear(backend.run_dir)  # a reason left by an earlier boot says nothing about this one
+    comfy_programs.write(args.config.parent, private, pod_backends)
     secrets_file = private / "secrets.json"
     grant.write(secrets_file, os.environ)
     env = {**secret_env.env_for("supervisord", os.environ), **supervisor_env(settings), "LAUNCH_MODE": "api",

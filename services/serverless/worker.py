@@ -96,12 +96,12 @@ class Worker:
         started = time.monotonic()
         self.startup.mark("comfy_starting")
         try:
-            await self.provider.client_for(self.specs.load(version_id))
+            client = await self.provider.client_for(self.specs.load(version_id))
         except AppError as exc:
             log.error("warm_up_failed", version_id=version_id, error=exc.code)
             return
         self.startup.mark("comfy_answering")
-        self.provider.release()
+        self.provider.release(client)
         log.info("warm_up_done", version_id=version_id, seconds=round(time.monotonic() - started, 2))
 
     # ---- shutdown -------------------------------------------------------------------------

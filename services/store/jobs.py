@@ -65,13 +65,14 @@ class Job:
     finished_at: float | None
     webhook: str | None  # its URL, `sealed` (inside the encrypted payload) or None; never shown
     request_sha256: str | None  # of the canonical /run body (services/api/idempotency.py); never shown
+    backend: int | None  # the Pod's ComfyUI backend that has its prompt (services/comfy/backends.py)
 
     def public(self) -> dict[str, Any]:
         view: dict[str, Any] = {"job_id": self.id, "state": self.state, "progress": self.progress,
                                 "version_id": self.version_id, "prompt_id": self.prompt_id,
                                 "created_at": self.created_at, "started_at": self.started_at,
                                 "finished_at": self.finished_at, "attempts": self.attempts,
-                                "comfy_attempts": self.comfy_attempts}
+                                "comfy_attempts": self.comfy_attempts, "backend": self.backend}
         if self.result is not None:
             view["result"] = json.loads(self.result)
         if self.error is not None:

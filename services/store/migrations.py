@@ -155,6 +155,30 @@ MIGRATIONS: tuple[Migration, ...] = (
     # sha256 of the canonical `/run` body a job was made from (an envelope's as sent), so that a
     # request repeating an `Idempotency-Key` with another body is told apart: 409 idempotency_conflict.
     Migration(7, "jobs.request_sha256", _add_column("jobs", "request_sha256", "TEXT")),
+    # Multi-GPU Pods (services/comfy/backends.py): the runtime, switch and leases of each ComfyUI
+    # backend instead of the one `comfyui` program; a job records its backend, so that a worker
+    # adopting it (or cancelling it) asks the ComfyUI that has its prompt. Leases are live
+    # heartbeats, not history: the old table is dropped, not copied.
+    Migration(8, "comfy_backends, comfy_leases per backend, jobs.backend", _steps(_statements(
+        """CREATE TABLE IF NOT EXISTS comfy_backends (
+    backend INTEGER PRIMARY KEY,      -- services/comfy/backends.py's index; 0 is the `comfyui` program
+    runtime TEXT,                     -- label of the runtime it runs (version id or comfy_home:<path>)
+    target TEXT,                      -- set while a worker switches it to another runtime
+    switcher TEXT,
+    switch_heartbeat REAL
+)""",
+        "INSERT OR IGNORE INTO comfy_backends (backend, runtime) SELECT 0, runtime FROM comfy_state WHERE id = 1",
+        "DROP TABLE comfy_state",
+        "DROP TABLE comfy_leases",
+        """CREATE TABLE comfy_leases (
+    owner TEXT NOT NULL,              -- an API worker
+    backend INTEGER NOT NULL,
+    runtime TEXT NOT NULL,
+    count INTEGER NOT NULL,           -- how many of the worker's jobs use that backend
+    heartbeat_at REAL NOT NULL,
+    PRIMARY KEY (owner, backend)
+)""",
+    ), _add_column("jobs", "backend", "INTEGER"))),
 )
 LATEST = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1)), "migrations are numbered 1, 2, ..."
