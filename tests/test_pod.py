@@ -264,6 +264,7 @@ def test_shutdown_timeouts_nest():
 
     conf = configparser.RawConfigParser()
     conf.read(REPO_ROOT / "etc" / "supervisord.conf")
+    conf.read_string((REPO_ROOT / "etc" / "comfyui-program.conf").read_text().format(program="comfyui", index=0))
     graceful = int(re.search(r"^graceful_timeout = (\d+)", (REPO_ROOT / "etc" / "gunicorn.conf.py").read_text(), re.M)[1])
     assert graceful < conf.getint("program:api", "stopwaitsecs")
     for section in conf.sections():

@@ -40,6 +40,8 @@ READINESS = [
      QUEUE_MAX_JOBS, {"gpu_fault", "queue_full"}),
     ({**READY_SNAPSHOT, "ok": False, "gpu": {"state": "degraded", "reason": "uncorrected ECC errors"}}, 0,
      {"gpu_degraded"}),
+    # A multi-GPU Pod whose other GPU is degraded: a backend still serves (services/api/health.py).
+    ({**READY_SNAPSHOT, "gpu": {"state": "degraded", "reason": "GPU 1: uncorrected ECC errors"}}, 0, set()),
 ]
 
 

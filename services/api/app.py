@@ -90,7 +90,7 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     comfy_state = ComfyStateStore(db)
     health = HealthState(settings, pod_backends, clients,
                          lambda: {"appliance": __version__, "comfy": comfy_state.runtime()}, comfy_state.runtimes)
-    provider = SupervisedComfy(settings, comfy_state, pod_backends, clients, owner, serving=health.serving)
+    provider = SupervisedComfy(settings, comfy_state, pod_backends, clients, owner, routable=health.routable)
     runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
     executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)
     readiness = Readiness(settings, health, store)

@@ -4,7 +4,7 @@ The request path does no I/O: ComfyUI is pinged, supervisord asked (XML-RPC over
 socket) and the small state files in RUN_DIR read by the refresher, which also pre-serialises
 the answer. Each ComfyUI backend (one per GPU: services/comfy/backends.py) is judged on its own
 (`backends`); `ok` means one of them answers and can use its GPU, so a faulted or degraded GPU
-takes only its backend out of the job router's rotation (`serving()`), and /healthz answers 503
+takes only its backend out of the job router's rotation (`routable()`), and /healthz answers 503
 only when no backend can serve. A backend cannot serve when:
 
 - ComfyUI does not answer. `comfy.state` says whether it is `starting` (supervisord is starting
@@ -72,9 +72,13 @@ class HealthState:
     async def stop(self) -> None:
         await self._refresher.stop()
 
-    def serving(self) -> list[int]:
-        """The backends that can take a job now (what the job router offers jobs to)."""
-        return [b["backend"] for b in self.snapshot.get("backends", ()) if b["ok"]]
+    def routable(self) -> list[int]:
+        """The backends the job router may offer a job: those that serve, and those supervisord
+        is (re)starting (a job for the version one runs had better wait seconds for it than
+        have another backend switched), never one with a latched fault or a degraded GPU."""
+        return [b["backend"] for b in self.snapshot.get("backends", ())
+                if b["ok"] or (b["comfy"]["state"] == "starting" and not b["gpu_fault"]
+                               and b["gpu_state"] != "degraded")]
 
     async def refresh(self) -> None:
         programs: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 (services/comfy/backends.py), and the API workers agree through the store
 (services/store/comfy_state.py) on which backend each job uses and which version each runs.
 
-A job goes to a serving backend (it answers, no GPU fault is latched on it, its GPU is not
+A job goes to a serving or restarting backend (no GPU fault latched on it, its GPU not
 degraded: services/api/health.py decides), preferring one that already runs its version. A job
 whose version no suitable backend runs makes its worker the switcher of one: once no job of
 another runtime holds a lease there, it writes that program's wanted runtime, restarts it
@@ -60,15 +60,15 @@ class Seat:
 
 class SupervisedComfy:
     def __init__(self, settings, store: ComfyStateStore, backends: Sequence[Backend],
-                 clients: dict[int, ComfyClient], owner: str, serving: Callable[[], list[int]] | None = None):
-        """`clients`: one per backend, shared with the rest of the worker; `serving()`: the
-        backends able to take a job now (services/api/health.py), all of them when not given."""
+                 clients: dict[int, ComfyClient], owner: str, routable: Callable[[], list[int]] | None = None):
+        """`clients`: one per backend, shared with the rest of the worker; `routable()`: the
+        backends that may take a job now (services/api/health.py), all of them when not given."""
         self.settings = settings
         self.store = store
         self.owner = owner
         self.seats = [Seat(b, clients[b.index], HangWatch(settings.comfy_hang_timeout, settings.comfy_start_timeout),
                            b.settings(settings)) for b in backends]
-        self._serving = serving or (lambda: [seat.backend.index for seat in self.seats])
+        self._routable = routable or (lambda: [seat.backend.index for seat in self.seats])
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self._leases = Periodic("lease_heartbeat", LEASE_SECONDS / 5,
                                 lambda: asyncio.to_thread(self.store.beat_leases, self.owner))
@@ -101,7 +101,8 @@ class SupervisedComfy:
                 raise not_installed(spec, self.settings)
             await asyncio.to_thread(install, spec, self.settings)
         while True:
-            candidates = self._serving() or [seat.backend.index for seat in self.seats]
+            # None routable (all down, or the first health check not run yet): any may come back.
+            candidates = self._routable() or [seat.backend.index for seat in self.seats]
             verdict, index = await asyncio.to_thread(self.store.acquire, self.owner, wanted.label, candidates, backend)
             if verdict == "ok":
                 seat = self.seats[index]
@@ -183,7 +184,8 @@ class SupervisedComfy:
                 raise start_failure.as_error(failure)
             if self.supervisor is not None:
                 program = (await asyncio.to_thread(self.supervisor.programs)).get(name, {})
-                if program.get("state") in ("FATAL", "EXITED", "STOPPED"):
+                # Not EXITED: with autorestart, supervisord passes through it on every restart.
+                if program.get("state") in ("FATAL", "STOPPED"):
                     raise AppError("comfy_init_failed", f"the {name} program is {program['state']}: "
                                    f"{program.get('description', '')}", suffix="exited")
             if time.monotonic() - started > self.settings.comfy_start_timeout:
