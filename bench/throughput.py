@@ -1,6 +1,7 @@
 """Jobs per second through the Pod against the same prompts put straight on ComfyUI's queue.
 
     python bench/throughput.py [-n 200] [--rounds 3] [--size 256] [--probes 400] [--sleep-ms 0]
+                               [--backend-jobs 48] [--backend-sleep-ms 250]
 
 Starts Pod mode for real (supervisord, gunicorn + uvicorn, the stand-in as `comfyui`) and
 measures, in the same process, with the order of what is compared rotated every round so that
@@ -12,8 +13,11 @@ a. `n` model-free jobs as `POST /run {"async": true}`, from submitting the first
    last one done. pod_vs_direct = the Pod's jobs/s / ComfyUI's (median of the rounds). The
    Pod's phases are printed from the store (claim wait, pre-submit, execute, deliver,
    bookkeeping) to show where the time goes.
-b. jobs/s with two ComfyUI backends against one: `n/a` until a Pod can drive several
-   (BACKENDS_TODO says why); `two_backends()` is where it goes.
+b. jobs/s of a Pod with two ComfyUI backends (COMFY_GPUS=2: two stand-ins, on COMFY_PORT and
+   COMFY_PORT+1) against one with one (COMFY_GPUS=1), both running all the time, measured one
+   after the other in rotated order: `--backend-jobs` async jobs each that keep their ComfyUI
+   busy `--backend-sleep-ms` (StandinSleep), so that the GPU's time dominates and two backends
+   can at best double the rate. two_backends = two's jobs/s / one's (median of the rounds).
 c. `/healthz` p99 as a monitor sees it (one keep-alive connection, `--probes` requests in a row)
    while `n` async jobs wait behind a slow prompt, as a ratio to the idle Pod's p99.
 Last line: `pod_vs_direct=<a> two_backends=<b> busy_p99_ratio=<c>`.
@@ -43,7 +47,6 @@ from tests.pod_process import Pod, start_pod  # noqa: E402
 
 SUBMITTERS = 8  # concurrent clients submitting; both sides get the same
 WARMUP_JOBS = 10
-BACKENDS_TODO = "multi-backend Pods do not exist yet (one COMFY_PORT per Pod)"
 
 
 class Colours:
@@ -136,7 +139,7 @@ def store_query(db: Path, sql: str, job_ids: list[str]) -> list[sqlite3.Row]:
 
 
 def store_rows(db: Path, job_ids: list[str]) -> list[sqlite3.Row]:
-    return store_query(db, "SELECT id, state, created_at, started_at, finished_at, result, error FROM jobs"
+    return store_query(db, "SELECT id, state, created_at, started_at, finished_at, result, error, backend FROM jobs"
                            " WHERE id IN ({ids})", job_ids)
 
 
@@ -193,11 +196,21 @@ def phases(rows: list[sqlite3.Row]) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in out.items()}
 
 
-# ---- (b) ------------------------------------------------------------------------------------
-def two_backends() -> tuple[str, str]:
-    """jobs/s of a Pod with two ComfyUI backends / one. To add once Pods take several: start
-    one with two, run `run_pod` on it and on a one-backend Pod in rotated order, as above."""
-    return "n/a", BACKENDS_TODO
+# ---- (b) two ComfyUI backends against one ---------------------------------------------------
+async def two_backends(pods: dict[str, Pod], n: int, rounds: int, size: int, sleep_ms: float) -> dict[str, list[float]]:
+    """jobs/s of each Pod ("one", "two") per round, `n` sleeping jobs each, the order rotated."""
+    colours = Colours()
+    for pod in pods.values():  # warm-up, not counted: connections, object_info, both backends' first prompt
+        await run_pod(pod.url, store_of(pod), prompts(colours.take(WARMUP_JOBS), size))
+    rate: dict[str, list[float]] = {name: [] for name in pods}
+    for i in range(rounds):
+        for name in rotated(list(pods), i):
+            seconds, rows = await run_pod(pods[name].url, store_of(pods[name]), prompts(colours.take(n), size, sleep_ms))
+            rate[name].append(n / seconds)
+            backends = sorted({r["backend"] for r in rows})
+            print(f"round {i + 1} {name} backend(s) {n / seconds:7.1f} jobs/s ({seconds:.2f} s; jobs ran on "
+                  f"backends {backends})", flush=True)
+    return rate
 
 
 # ---- (c) /healthz while jobs wait ------------------------------------------------------------
@@ -244,8 +257,12 @@ def rotated(items: list[str], i: int) -> list[str]:
     return items[i % len(items):] + items[:i % len(items)]
 
 
+def store_of(pod: Pod) -> Path:
+    return Path(pod.env["DATA_ROOT"]) / "state" / "appliance.db"
+
+
 async def measure(pod: Pod, n: int, rounds: int, size: int, probes: int, sleep_ms: float) -> dict:
-    db = Path(pod.env["DATA_ROOT"]) / "state" / "appliance.db"
+    db = store_of(pod)
     comfy_url = f"http://127.0.0.1:{pod.comfy_port}"
     colours = Colours()
     # Warm-up: connections, object_info, the first PNG encoder call; not counted.
@@ -286,6 +303,8 @@ def main() -> None:
     parser.add_argument("--sleep-ms", type=float, default=0,
                         help="make each job of (a) also sleep this long in ComfyUI (default: none, model-free and "
                              "instant: the Pod's own cost per job is all that is measured)")
+    parser.add_argument("--backend-jobs", type=int, default=48, help="jobs per measurement of (b)")
+    parser.add_argument("--backend-sleep-ms", type=float, default=250, help="how long each job of (b) keeps its ComfyUI busy")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         pod = start_pod(Path(tmp) / "pod", env={"LOG_SILENT": "1"})
@@ -293,10 +312,20 @@ def main() -> None:
             result = asyncio.run(measure(pod, args.n, args.rounds, args.size, args.probes, args.sleep_ms))
         finally:
             pod.stop()
+        pods: dict[str, Pod] = {}
+        try:
+            for name, gpus in (("one", "1"), ("two", "2")):
+                pods[name] = start_pod(Path(tmp) / f"pod-{name}", env={"LOG_SILENT": "1", "COMFY_GPUS": gpus})
+            backend_rate = asyncio.run(two_backends(pods, args.backend_jobs, args.rounds, args.size,
+                                                    args.backend_sleep_ms))
+        finally:
+            for started in pods.values():
+                started.stop()
     rate, p99 = result["rate"], result["p99"]
     pod_rate, direct_rate = statistics.median(rate["pod"]), statistics.median(rate["direct"])
     idle, busy = statistics.median(p99["idle"]), statistics.median(p99["busy"])
-    two, why = two_backends()
+    one_rate, two_rate = statistics.median(backend_rate["one"]), statistics.median(backend_rate["two"])
+    two = f"{two_rate / one_rate:.2f}"
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; "
           f"{args.n} jobs of {args.size}x{args.size} (+{args.sleep_ms:g} ms sleep), {args.rounds} rounds, order rotated, {SUBMITTERS} submitters")
     print(f"jobs/s median: pod {pod_rate:.1f} direct {direct_rate:.1f}")
@@ -304,7 +333,8 @@ def main() -> None:
         f"{name} {statistics.median(p[name] for p in result['phases'] if name in p):.1f}"
         for name in result["phases"][0]))
     print(f"/healthz p99 median: idle {idle:.2f} ms, with {min(result['waiting'])}+ jobs waiting {busy:.2f} ms")
-    print(f"two backends: {two} ({why})")
+    print(f"jobs/s median, {args.backend_jobs} jobs of {args.backend_sleep_ms:g} ms sleep: one backend {one_rate:.2f}, "
+          f"two {two_rate:.2f} (ideal ratio 2)")
     print(f"pod_vs_direct={pod_rate / direct_rate:.3f} two_backends={two} busy_p99_ratio={busy / idle:.2f}")
 
 

@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from services import logs
-from services.api.progress_board import ProgressBoard
+from services.api.progress_board import MIN_INTERVAL, ProgressBoard
 from services.comfy.client import Progress
 from services.errors import AppError
 from services.jobs.runner import JobRunner
@@ -41,7 +41,11 @@ class JobExecutor:
         self.concurrency = concurrency
         self.tasks: dict[str, asyncio.Task] = {}
         self.progress: dict[str, float] = {}
+        # A job's ComfyUI attempt count not written yet: it goes with the row's next write (see _on_attempt).
+        self.unwritten_attempts: dict[str, int] = {}
         self.board = ProgressBoard(settings.run_dir)  # the same progress for every worker
+        self.on_board: set[str] = set()  # jobs whose progress the board shows
+        self.first_progress: dict[str, Progress] = {}  # jobs' latest progress until it goes on the board
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task | None = None
         self._heartbeat = Periodic("heartbeat", HEARTBEAT_SECONDS, lambda: asyncio.to_thread(self._beat))
@@ -94,7 +98,11 @@ class JobExecutor:
     def _forget(self, job_id: str) -> None:
         self.tasks.pop(job_id, None)
         self.progress.pop(job_id, None)
-        self.board.remove(job_id)
+        self.unwritten_attempts.pop(job_id, None)
+        self.first_progress.pop(job_id, None)
+        if job_id in self.on_board:
+            self.on_board.discard(job_id)
+            self.board.remove(job_id)
         self.wake()  # a slot is free
 
     async def _claim_loop(self) -> None:
@@ -133,9 +141,10 @@ class JobExecutor:
                 opened.payload, job_id=job.id, resume_prompt_id=job.prompt_id, resume_backend=job.backend,
                 attempts=job.comfy_attempts, on_progress=lambda p, job_id=job.id: self._on_progress(job_id, p),
                 on_submitted=lambda prompt_id, backend, job_id=job.id: self._on_submitted(job_id, prompt_id, backend),
-                on_attempt=lambda n, job_id=job.id: self._on_attempt(job_id, n), encrypted=opened.encrypted)
+                on_attempt=lambda n, job=job: self._on_attempt(job, n), encrypted=opened.encrypted)
             reply = opened.reply(result)
-            await asyncio.to_thread(self.store.finish, self.owner, job.id, reply, result.get("timings_ms"))
+            await asyncio.to_thread(self.store.finish, self.owner, job.id, reply, result.get("timings_ms"),
+                                    self.unwritten_attempts.pop(job.id, None))
             return {"status": 200, "body": reply}
         except AppError as exc:
             if exc.prefix == "interrupted" and await asyncio.to_thread(self.store.cancel_requested, [job.id]):
@@ -147,7 +156,8 @@ class JobExecutor:
             return {"status": exc.status, "body": {**body, "job_id": job.id}}
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(self.store.fail, self.owner, job.id, "cancelled",
-                                                   "cancelled while running", "cancelled"))
+                                                   "cancelled while running", "cancelled",
+                                                   comfy_attempts=self.unwritten_attempts.pop(job.id, None)))
             raise
         except Exception:
             # A bug, not the job: left running, its lease would expire and the job run again
@@ -160,22 +170,47 @@ class JobExecutor:
 
     def _record_failure(self, job_id: str, exc: AppError, body: dict[str, Any], encrypted: bool) -> None:
         state = "cancelled" if exc.prefix == "cancelled" else "failed"
+        attempts = self.unwritten_attempts.pop(job_id, None)
         if encrypted:  # the row keeps what the requester got: the bare code and the sealed rest
             sealed = {k: v for k, v in body.items() if k != "error"}
-            self.store.fail(self.owner, job_id, exc.prefix, None, state, sealed=sealed)
+            self.store.fail(self.owner, job_id, exc.prefix, None, state, sealed=sealed, comfy_attempts=attempts)
         else:
-            self.store.fail(self.owner, job_id, exc.code, exc.detail, state)
+            self.store.fail(self.owner, job_id, exc.code, exc.detail, state, comfy_attempts=attempts)
 
     def _on_progress(self, job_id: str, progress: Progress) -> None:
         self.progress[job_id] = progress.percent
-        self.board.post(job_id, progress)
+        if job_id in self.on_board:
+            self.board.post(job_id, progress)
+            return
+        # A job's progress goes on the board MIN_INTERVAL after its first (the latest by then):
+        # most quick jobs have ended before, and a board file written and removed at once costs
+        # the event loop two file operations per job for nothing.
+        if job_id not in self.first_progress:
+            asyncio.get_running_loop().call_later(MIN_INTERVAL, self._post_first, job_id)
+        self.first_progress[job_id] = progress
+
+    def _post_first(self, job_id: str) -> None:
+        progress = self.first_progress.pop(job_id, None)
+        if progress is not None and job_id in self.tasks:
+            self.on_board.add(job_id)
+            self.board.post(job_id, progress)
 
     async def _on_submitted(self, job_id: str, prompt_id: str, backend: int | None) -> None:
-        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id, backend=backend)
+        attempts = self.unwritten_attempts.pop(job_id, None)
+        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, prompt_id=prompt_id, backend=backend,
+                                **({"comfy_attempts": attempts} if attempts is not None else {}))
 
-    async def _on_attempt(self, job_id: str, attempt: int) -> None:
+    async def _on_attempt(self, job: Job, attempt: int) -> None:
+        if attempt == job.comfy_attempts + 1 and job.prompt_id is None:
+            # This run's first attempt, and the row names no prompt to forget: the count is written
+            # with the submission (or the job's end), one write less per job. A worker that dies
+            # before then leaves the count as it was, and the row no prompt to resume: the next
+            # worker makes this attempt again, as it would have anyway.
+            self.unwritten_attempts[job.id] = attempt
+            return
         # A new attempt submits a new prompt: the old prompt_id must not be resumed any more.
-        await asyncio.to_thread(self.store.heartbeat, self.owner, job_id, comfy_attempts=attempt, prompt_id=None,
+        self.unwritten_attempts.pop(job.id, None)
+        await asyncio.to_thread(self.store.heartbeat, self.owner, job.id, comfy_attempts=attempt, prompt_id=None,
                                 backend=None)
 
 

@@ -37,12 +37,13 @@ class JobFiles:
     def from_settings(cls, settings) -> "JobFiles":
         return cls(settings.comfy_io_dir, settings.job_files_retention, settings.job_timeout)
 
-    def folders(self, job_id: str) -> list[Path]:
-        return [root / JOBS_FOLDER / job_id for root in self.roots if root.is_dir()]
+    def folders(self, job_id: str, roots: tuple[Path, ...] | None = None) -> list[Path]:
+        return [root / JOBS_FOLDER / job_id for root in roots or self.roots if root.is_dir()]
 
-    def prepare(self, job_id: str) -> None:
-        """Create the job's folders 0700 (mkdir's mode is masked by the umask, hence the chmod)."""
-        for folder in self.folders(job_id):
+    def prepare(self, job_id: str, uploads: bool = True) -> None:
+        """Create the job's folders 0700 (mkdir's mode is masked by the umask, hence the chmod).
+        Without `uploads` only its output folder: nothing goes into its input folder."""
+        for folder in self.folders(job_id, self.roots if uploads else self.roots[1:]):
             for path in (folder.parent, folder):
                 path.mkdir(exist_ok=True)
                 os.chmod(path, 0o700)
@@ -56,11 +57,11 @@ class JobFiles:
                     _chmod(Path(dirpath) / name, 0o600)
 
     async def release(self, job_id: str) -> None:
-        """The job is over: its files go now, or after the retention time."""
-        await asyncio.to_thread(self.protect, job_id)
+        """The job is over: its files go now, or after the retention time (private meanwhile)."""
         if self.retention <= 0:
             await asyncio.to_thread(self.remove, job_id)
         else:
+            await asyncio.to_thread(self.protect, job_id)
             loop = asyncio.get_running_loop()
             loop.call_later(self.retention, lambda: loop.run_in_executor(None, self.remove, job_id))
         if time.monotonic() - self._last_sweep >= SWEEP_EVERY_SECONDS:

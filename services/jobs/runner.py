@@ -169,7 +169,7 @@ class JobRunner:
         if isinstance(workflow, UiWorkflow):  # the editor's format: what it means depends on this ComfyUI's nodes
             workflow = self._customize(request, spec, workflow.to_prompt(await comfy.object_info_once()))
         prompt = isolate_outputs(workflow, job_id)
-        self.files.prepare(job_id)
+        self.files.prepare(job_id, uploads=bool(request.images))
         try:
             return await self._run_prompt(comfy, request, spec, prompt, job_id, watch, on_progress, on_submitted,
                                           resume_prompt_id, workflow)
@@ -193,7 +193,8 @@ class JobRunner:
             await preflight.check(comfy, prompt, info, (*spec.models, *request.models))
             check_file_inputs(prompt, FileInputs.from_object_info(info), {image.name for image in request.images})
             rewrite_input_names(prompt, await self._upload_images(comfy, request.images, job_id))
-            await asyncio.to_thread(self.files.protect, job_id)
+            if request.images:  # what ComfyUI wrote with its umask; before that its folders are empty
+                await asyncio.to_thread(self.files.protect, job_id)
             prompt_id = await comfy.submit(prompt)
             watch.lap("submit")
             log.info("job_submitted", job_id=job_id, prompt_id=prompt_id, version_id=spec.id)

@@ -1,6 +1,8 @@
 """The appliance's SQLite database (WAL) on the volume, shared by the `api` and `modelsync`
 programs. Each thread gets its own connection; writers take `BEGIN IMMEDIATE` so two processes
-never interleave a read-modify-write, and a busy database is waited on, not failed. Its schema
+never interleave a read-modify-write, and a busy database is waited on, not failed. The threads
+of one process queue for the write lock on a lock of their own first: SQLite's busy handler
+polls with sleeps of 1 to 100 ms, which a writer in the same process need not wait out. Its schema
 is versioned and migrated in place when it is opened (services/store/migrations.py).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._writer = threading.RLock()  # re-entered, a nested write still fails in SQLite, as before
         # Applies the missing migrations under BEGIN IMMEDIATE (safe to race); a newer database
         # is refused with `store_too_new`. `migrated`: the versions this opening applied.
         try:
@@ -43,13 +46,14 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()

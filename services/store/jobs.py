@@ -84,6 +84,11 @@ def _job(row) -> Job:
     return Job(**{k: row[k] for k in Job.__dataclass_fields__})
 
 
+def _given(**fields) -> dict[str, Any]:
+    """The fields that have a value: the others keep the row's."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 class JobStore:
     def __init__(self, db: Database):
         self.db = db
@@ -140,13 +145,8 @@ class JobStore:
 
     def claim(self, owner: str) -> Job | None:
         self._fail_exhausted()
-        row = leases.claim(self.db, "jobs", owner, LEASE_SECONDS, MAX_ATTEMPTS)
-        if row is None:
-            return None
-        if row["started_at"] is None:
-            with self.db.write() as conn:
-                conn.execute("UPDATE jobs SET started_at = ? WHERE id = ?", (time.time(), row["id"]))
-        return self.get(row["id"])
+        row = leases.claim(self.db, "jobs", owner, LEASE_SECONDS, MAX_ATTEMPTS, started_column="started_at")
+        return _job(row) if row is not None else None
 
     def heartbeat(self, owner: str, job_id: str, **fields) -> bool:
         return leases.heartbeat(self.db, "jobs", owner, job_id, **fields)
@@ -158,16 +158,19 @@ class JobStore:
         rows = self.db.read(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", tuple(job_ids))
         return {r["id"] for r in rows}
 
-    def finish(self, owner: str, job_id: str, result: Any, timings_ms: dict[str, float] | None = None) -> bool:
+    def finish(self, owner: str, job_id: str, result: Any, timings_ms: dict[str, float] | None = None,
+               comfy_attempts: int | None = None) -> bool:
         """`timings_ms`: the runner's phase times, kept in their own column for `/metrics` (an
-        encrypted job's result is sealed); only durations, nothing of the payload."""
+        encrypted job's result is sealed); only durations, nothing of the payload.
+        `comfy_attempts`: when given, written with the end (the executor's deferred count)."""
         return self._end(owner, job_id, JobState.SUCCEEDED, result=json.dumps(result), progress=100.0,
-                         timings_ms=json.dumps(timings_ms) if timings_ms else None)
+                         timings_ms=json.dumps(timings_ms) if timings_ms else None,
+                         **_given(comfy_attempts=comfy_attempts))
 
     def fail(self, owner: str, job_id: str, error: str, detail: str | None, state: str = JobState.FAILED,
-             sealed: dict[str, Any] | None = None) -> bool:
+             sealed: dict[str, Any] | None = None, comfy_attempts: int | None = None) -> bool:
         """`sealed`: the sealed error of an encrypted job; then `error` is the bare code prefix."""
-        fields = {"result": json.dumps(sealed)} if sealed is not None else {}
+        fields = _given(result=json.dumps(sealed) if sealed is not None else None, comfy_attempts=comfy_attempts)
         return self._end(owner, job_id, state, error=error, detail=detail, **fields)
 
     def _end(self, owner: str, job_id: str, state: str, **fields) -> bool:

@@ -15,10 +15,10 @@ _TABLES = ("jobs", "downloads", "webhooks")
 
 
 def claim(db: Database, table: str, owner: str, lease: float, max_attempts: int,
-          due_column: str | None = None) -> sqlite3.Row | None:
+          due_column: str | None = None, started_column: str | None = None) -> sqlite3.Row | None:
     """`due_column`: a queued row whose time in that column is still ahead is not claimed yet
-    (a retry's back-off)."""
-    assert table in _TABLES and due_column in (None, "due_at")
+    (a retry's back-off). `started_column`: set to now by the first claim, in the same write."""
+    assert table in _TABLES and due_column in (None, "due_at") and started_column in (None, "started_at")
     now = time.time()
     queued, due = (f"(state = 'queued' AND {due_column} <= ?)", (now,)) if due_column else ("state = 'queued'", ())
     with db.write() as conn:
@@ -27,8 +27,9 @@ def claim(db: Database, table: str, owner: str, lease: float, max_attempts: int,
             " AND attempts < ? ORDER BY created_at LIMIT 1", (*due, now - lease, max_attempts)).fetchone()
         if row is None:
             return None
+        started = f", {started_column} = COALESCE({started_column}, ?)" if started_column else ""
         conn.execute(f"UPDATE {table} SET state = 'running', owner = ?, heartbeat_at = ?, attempts = attempts + 1"
-                     " WHERE id = ?", (owner, now, row["id"]))
+                     f"{started} WHERE id = ?", (owner, now, *((now,) if started_column else ()), row["id"]))
         return conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row["id"],)).fetchone()
 
 
