@@ -205,7 +205,7 @@ const rows = (id) => Object.fromEntries([...document.querySelectorAll('#' + id +
    progress: [...tr.querySelectorAll('progress')].map(p => p.hasAttribute('value') ? p.value : null)}]));
 return {login: !document.getElementById('login').hidden, dashboard: !document.getElementById('dashboard').hidden,
         error: text('login-error'), health: text('health'), gpus: text('gpus'), version: text('version'),
-        jobs: rows('jobs'), programs: rows('programs'), downloads: rows('downloads')};
+        jobs: rows('jobs'), programs: rows('programs'), downloads: rows('downloads'), backends: rows('backends')};
 """
 
 
@@ -242,6 +242,11 @@ def test_status_page_in_chromium(browser, pod, tmp_path):
         assert page["programs"][program]["cells"][1] in ("RUNNING", "STARTING"), page["programs"]
     assert "GPU 0: NVIDIA H100 80GB HBM3" in page["gpus"]  # the fake nvidia-smi's recorded H100
     assert page["version"].startswith("appliance ")
+    # A one-GPU Pod has one backend, the `comfyui` program, serving; its GPU and runtime as /healthz says.
+    backend = pod.request("GET", "/healthz", headers=BEARER)[1]["backends"][0]
+    assert list(page["backends"]) == ["comfyui"], page["backends"]
+    assert page["backends"]["comfyui"]["cells"][1:5] == [
+        backend["gpu"] or "not pinned", backend["runtime"] or "", "ready", "yes"], page["backends"]
 
     # It keeps itself up to date: the running job and the download move on without a reload.
     def finished(d):

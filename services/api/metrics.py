@@ -20,7 +20,7 @@ class MetricsResource:
         # A registry of our own: the process-wide default one would add this worker's own
         # process and GC numbers, which differ from worker to worker.
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ApplianceCollector(settings, db, lambda: health.snapshot))
+        self.registry.register(ApplianceCollector(settings, db, lambda: health.snapshot, health.backends))
 
     async def on_get(self, req, resp) -> None:
         resp.content_type = CONTENT_TYPE_LATEST

@@ -37,6 +37,13 @@ _ASSET = {"200": {"description": "The file", "content": {"text/javascript": {"sc
                                                           "text/css": {"schema": {"type": "string"}}}},
           "304": _NOT_MODIFIED, "400": ERROR, "421": ERROR}
 _FILE_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+# /healthz's view of a ComfyUI and of its latched GPU fault: the Pod's (top level) and each backend's.
+_COMFY = {"type": "object", "required": ["state"],
+          "properties": {"state": {"enum": ["ready", "starting", "down"]}, "url": {"type": "string"},
+                         "reason": {"type": "string"}}}
+_GPU_FAULT = {"type": ["object", "null"], "required": ["reason", "at"],
+              "description": "a GPU fault latched until that ComfyUI restarts",
+              "properties": {"reason": {"type": "string"}, "at": {"type": ["number", "null"]}}}
 
 SCHEMAS = {
     "Error": {
@@ -176,13 +183,25 @@ SCHEMAS = {
                        "only `ok` and `server_public_key_b64`",
         "properties": {"ok": {"type": "boolean"}, "model_dir": {"type": "string"},
                        "server_public_key_b64": {"type": "string"},
-                       "comfy": {"type": "object", "required": ["state"],
-                                 "properties": {"state": {"enum": ["ready", "starting", "down"]}, "url": {"type": "string"},
-                                                "reason": {"type": "string"}}},
+                       "comfy": {**_COMFY, "description": "a serving backend's ComfyUI, else backend 0's"},
                        "gpu": {"type": "object", "properties": {"state": {"enum": ["ok", "degraded", "absent", "unknown"]}}},
-                       "gpu_fault": {"type": ["object", "null"], "required": ["reason", "at"],
-                                     "description": "a GPU fault latched until ComfyUI restarts (503)",
-                                     "properties": {"reason": {"type": "string"}, "at": {"type": ["number", "null"]}}},
+                       "gpu_fault": {**_GPU_FAULT, "description": "a serving backend's latched GPU fault (so null), "
+                                                                  "else backend 0's"},
+                       "backends": {"type": "array", "description": "each ComfyUI backend (COMFY_GPUS: one per GPU); "
+                                                                    "/healthz is 503 only when none can serve",
+                                    "items": {"type": "object",
+                                              "required": ["backend", "program", "gpu", "runtime", "ok", "gpu_state",
+                                                           "gpu_reason", "gpu_fault", "comfy"],
+                                              "properties": {
+                                                  "backend": {"type": "integer"}, "program": {"type": "string"},
+                                                  "gpu": {"type": ["string", "null"],
+                                                          "description": "its CUDA_VISIBLE_DEVICES entry; null: not pinned"},
+                                                  "runtime": {"type": ["string", "null"]},
+                                                  "ok": {"type": "boolean", "description": "it can take a job: its ComfyUI "
+                                                         "answers, no GPU fault is latched, its GPU is not degraded"},
+                                                  "gpu_state": {"enum": ["ok", "degraded", "absent", "unknown", None]},
+                                                  "gpu_reason": {"type": ["string", "null"]},
+                                                  "gpu_fault": _GPU_FAULT, "comfy": _COMFY}}},
                        "programs": {"type": "object"}, "version": {"type": "object"},
                        "startup": {"type": "object", "description": "each program's start-up ledger (README: Start-up ledger)",
                                    "additionalProperties": {
@@ -211,8 +230,9 @@ PATHS = {
     "/healthz": {"get": {
         "summary": "Health from a cached snapshot (no I/O per request); details only with the token",
         "responses": {"200": _json(_ref("Health"), "ComfyUI answers"),
-                      "503": _json(_ref("Health"), "ComfyUI is down or starting (`comfy.reason` says why), a GPU fault is "
-                                                          "latched (`gpu_fault`) or the GPU is degraded (`gpu.reason`)"),
+                      "503": _json(_ref("Health"), "No ComfyUI backend can serve: each is down or starting "
+                                                          "(`comfy.reason` says why), has a GPU fault latched (`gpu_fault`) "
+                                                          "or its GPU is degraded (`backends[].gpu_reason`)"),
                       "400": ERROR, "421": ERROR}}},
     "/readyz": {"get": {
         "summary": "Whether to send this Pod new jobs, from a cached snapshot (no I/O per request); reasons only with the token",
@@ -221,7 +241,7 @@ PATHS = {
                       "400": ERROR, "421": ERROR}}},
     "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
                                                                         "400": ERROR, "421": ERROR}}},
-    "/": {"get": {"summary": "The status page (HTML): health, GPU, programs, jobs, downloads; asks for the token "
+    "/": {"get": {"summary": "The status page (HTML): health, backends, GPU, programs, jobs, downloads; asks for the token "
                              "once (POST /session) and fetches everything with the session cookie",
                   "responses": {"200": _HTML, "304": _NOT_MODIFIED, "400": ERROR, "421": ERROR}}},
     "/status/{name}": {"get": {"summary": "The status page's script and style sheet",

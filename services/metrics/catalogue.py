@@ -35,12 +35,23 @@ METRICS: tuple[Metric, ...] = (
            "succeeded jobs the runner's `models` (verify/fetch the version's models), `comfy_ready` (waiting "
            "for ComfyUI to run the version), `execute` (ComfyUI ran the prompt) and `deliver` (outputs "
            "returned or uploaded)."),
-    Metric("appliance_comfy_up", "gauge", (), "1 while ComfyUI answers (`/healthz` `comfy.state` is `ready`), else 0."),
+    Metric("appliance_comfy_up", "gauge", (), "1 while ComfyUI answers (`/healthz` `comfy.state` is `ready`), else 0. With several "
+           "backends: a serving one's ComfyUI, else backend 0's (per backend: `appliance_backend_up`)."),
     Metric("appliance_comfy_starts_total", "counter", (),
-           "Times the `comfyui` program started (crash recoveries, hang kills and version switches included): "
-           "its restarts are the increase."),
+           "Times a ComfyUI program started (crash recoveries, hang kills and version switches included), all "
+           "backends together (on a one-GPU Pod: the `comfyui` program): its restarts are the increase."),
+    Metric("appliance_backend_up", "gauge", ("backend", "program", "gpu"),
+           "1 while the ComfyUI backend can take a job (`/healthz` `backends[].ok`: it answers, no GPU fault is "
+           "latched, its GPU is not `degraded`), else 0; one per backend (COMFY_GPUS). `gpu` is its "
+           "`CUDA_VISIBLE_DEVICES` entry, empty when the machine chooses."),
+    Metric("appliance_backend_jobs", "gauge", ("backend", "program"),
+           "Jobs holding the backend now (their leases: one running in ComfyUI, the next waiting in its queue)."),
+    Metric("appliance_backend_starts_total", "counter", ("backend", "program"),
+           "Times the backend's ComfyUI program started: which GPU's ComfyUI restarts (their sum is "
+           "`appliance_comfy_starts_total`)."),
     Metric("appliance_health_ok", "gauge", (), "1 while `/healthz` answers 200, else 0."),
-    Metric("appliance_gpu_fault", "gauge", (), "1 while a GPU fault is latched (`gpu_fault`), else 0."),
+    Metric("appliance_gpu_fault", "gauge", (), "1 while a GPU fault is latched (`gpu_fault`), else 0. With several "
+           "backends: a serving one's, else backend 0's (per backend: `appliance_backend_up`)."),
     Metric("appliance_program_up", "gauge", ("program",), "1 while supervisord reports the program RUNNING, else 0."),
     Metric("appliance_program_uptime_seconds", "gauge", ("program",),
            "Seconds since supervisord last started the program, while it runs."),

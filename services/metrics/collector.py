@@ -1,26 +1,29 @@
 """The appliance's metrics, evaluated at scrape time from state every program shares.
 
 Nothing is counted inside an API worker: jobs and downloads come from the SQLite store, the
-phase histograms from the job rows (services/store/stats.py), ComfyUI's starts from the
-`comfyui` program's counter file, start-up stages from the programs' ledgers in RUN_DIR,
-ComfyUI, program and GPU state from the health snapshot every worker refreshes each second
-(services/api/health.py: gpuwatch's report and supervisord's program list), the models from
+phase histograms from the job rows (services/store/stats.py), ComfyUI's starts from each
+backend's counter file in its run folder, start-up stages from the programs' ledgers in RUN_DIR
+(and each further backend's), the jobs holding each backend from its leases in the store,
+ComfyUI, backend, program and GPU state from the health snapshot every worker refreshes each
+second (services/api/health.py: gpuwatch's report and supervisord's program list), the models from
 the model folders, their evictions from modelsync's counter file in RUN_DIR. So whichever
 gunicorn worker answers a scrape, the numbers are the same, and nothing needs
 prometheus_client's multiprocess mode.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from services import startup_ledger
 from services.comfy import start_count
+from services.comfy.backends import Backend
 from services.metrics.catalogue import BY_NAME, PHASE_BUCKETS
 from services.models import budget
 from services.models.listing import list_models
 from services.store import stats
+from services.store.comfy_state import ComfyStateStore
 from services.store.db import Database
 from services.store.states import ACTIVE, JobState
 
@@ -43,15 +46,19 @@ def single(name: str, value: float) -> Metric:
 
 
 class ApplianceCollector:
-    def __init__(self, settings, db: Database, snapshot: Callable[[], dict[str, Any]]):
+    def __init__(self, settings, db: Database, snapshot: Callable[[], dict[str, Any]],
+                 backends: Sequence[Backend]):
         self.settings = settings
         self.db = db
         self.snapshot = snapshot
+        self.backends = tuple(backends)  # the Pod's ComfyUI backends (services/comfy/backends.py)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._jobs()
         yield from self._phases()
-        yield from self._health(self.snapshot())
+        snapshot = self.snapshot()
+        yield from self._health(snapshot)
+        yield from self._backends(snapshot)
         yield from self._downloads()
         yield self._startup()
         yield from self._models()
@@ -80,7 +87,7 @@ class ApplianceCollector:
     def _health(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
         yield single("appliance_health_ok", int(bool(snapshot.get("ok"))))
         yield single("appliance_comfy_up", int(snapshot.get("comfy", {}).get("state") == "ready"))
-        yield single("appliance_comfy_starts_total", start_count.read(self.settings.run_dir))
+        yield single("appliance_comfy_starts_total", sum(start_count.read(b.run_dir) for b in self.backends))
         yield single("appliance_gpu_fault", int(bool(snapshot.get("gpu_fault"))))
         up, uptime = family("appliance_program_up"), family("appliance_program_uptime_seconds")
         for name, program in snapshot.get("programs", {}).items():
@@ -96,6 +103,19 @@ class ApplianceCollector:
             state.add_metric([name], int(gpu.get("state") == name))
         yield state
         yield from self._gpus(gpu.get("gpus") or [])
+
+    def _backends(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
+        # The planned backends, not the snapshot's list: before the first health refresh (an
+        # empty snapshot) every backend is there, down.
+        serving = {v["backend"] for v in snapshot.get("backends", ()) if v.get("ok")}
+        loads = ComfyStateStore(self.db).loads()
+        up, jobs = family("appliance_backend_up"), family("appliance_backend_jobs")
+        starts = family("appliance_backend_starts_total")
+        for b in self.backends:
+            up.add_metric([str(b.index), b.program, b.gpu or ""], int(b.index in serving))
+            jobs.add_metric([str(b.index), b.program], loads.get(b.index, 0))
+            starts.add_metric([str(b.index), b.program], start_count.read(b.run_dir))
+        yield from (up, jobs, starts)
 
     def _gpus(self, gpus: list[dict[str, Any]]) -> Iterator[Metric]:
         # nvidia-smi field -> (metric, scale); a field nvidia-smi reported as [N/A] is left out.
@@ -126,6 +146,12 @@ class ApplianceCollector:
         for program, stages in startup_ledger.read_all(self.settings.run_dir).items():
             for stage in stages:
                 metric.add_metric([program, stage["stage"]], stage["seconds"])
+        # A further backend's ComfyUI keeps its `comfyui` ledger in its own run folder: shown
+        # under its program's name (`comfyui-1`, ...).
+        for b in self.backends:
+            if b.run_dir != self.settings.run_dir:
+                for stage in startup_ledger.read_all(b.run_dir).get("comfyui", ()):
+                    metric.add_metric([b.program, stage["stage"]], stage["seconds"])
         return metric
 
     def _models(self) -> Iterator[Metric]:

@@ -15,8 +15,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
+from services.comfy import backends
 from services.comfy.startup_log import PodComfyWatch
 
 
@@ -42,17 +43,47 @@ def forward(payload: str, out=sys.stderr, on_line: Callable[[str, str, str], Non
     out.flush()
 
 
+class ComfyWatches:
+    """The start-up stages of every ComfyUI program (one per GPU: services/comfy/backends.py),
+    each into the `comfyui` ledger in its own backend's run folder (PodComfyWatch)."""
+
+    def __init__(self, run_dir: Path, plan: Callable[[], Mapping[str, backends.Backend]]):
+        # Backend 0, the `comfyui` program, keeps its files in RUN_DIR as services.pod validated
+        # and exported it: loading the settings here would cost this always-on process 10 MB.
+        # `plan` (which does) runs only when a further backend's first line arrives.
+        self._watches = {backends.PROGRAM: PodComfyWatch(run_dir)}
+        self._plan = plan
+        self._backends: Mapping[str, backends.Backend] | None = None
+
+    def feed(self, program: str, pid: str, line: str) -> None:
+        if not pid.isdigit():
+            return
+        watch = self._watches.get(program)
+        if watch is None:
+            if not program.startswith(backends.PROGRAM + "-"):
+                return  # not a ComfyUI program
+            if self._backends is None:
+                self._backends = self._plan()
+            backend = self._backends.get(program)
+            if backend is None:
+                return
+            watch = self._watches[program] = PodComfyWatch(backend.run_dir)
+        watch.feed(int(pid), line)
+
+
+def pod_backends() -> dict[str, backends.Backend]:
+    """The Pod's backends by program, planned as its ComfyUI programs planned them (this
+    listener gets the same environment from supervisord)."""
+    from services import config  # here: only a multi-GPU Pod pays for the settings
+
+    return backends.by_program(backends.plan(config.Settings.from_env()))
+
+
 def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout
-    # This listener is the one process that sees ComfyUI's own lines with its pid: it reads its
-    # start-up stages from them (custom node import times, first model load; startup_ledger).
-    # RUN_DIR as services.pod validated and exported it: loading the settings here would cost
-    # this always-on process 8 MB.
-    comfy_watch = PodComfyWatch(Path(os.environ["RUN_DIR"]))
-
-    def watch(program: str, pid: str, line: str) -> None:
-        if program == "comfyui" and pid.isdigit():
-            comfy_watch.feed(int(pid), line)
+    # This listener is the one process that sees ComfyUI's own lines with their pid: it reads
+    # their start-up stages from them (custom node import times, first model load; startup_ledger).
+    watches = ComfyWatches(Path(os.environ["RUN_DIR"]), pod_backends)
 
     while True:
         stdout.write("READY\n")
@@ -61,7 +92,7 @@ def main() -> None:
         payload = stdin.read(int(header.get("len", 0))).decode("utf-8", "replace")
         try:
             if header.get("eventname", "").startswith("PROCESS_LOG"):
-                forward(payload, on_line=watch)
+                forward(payload, on_line=watches.feed)
         finally:
             stdout.write("RESULT 2\nOK")
             stdout.flush()

@@ -93,6 +93,15 @@ function drawHealth(h) {
   if (!gpus.length) gpus.push(card("GPU", gpu.state || "?", "state-" + gpu.state, gpu.reason || ""));
   $("gpus").replaceChildren(...gpus);
 
+  // One row per ComfyUI backend (one per GPU): why one is out of rotation is its own reason,
+  // a latched GPU fault or its GPU's degraded state.
+  fill("backends", (h.backends || []).map((b) => {
+    const comfy = b.comfy || {};
+    const reason = comfy.reason || (b.gpu_state === "degraded" ? "GPU degraded: " + (b.gpu_reason || "") : "");
+    return row([b.program, b.gpu ?? "not pinned", b.runtime || "", stateCell(comfy.state),
+                el("td", b.ok ? "yes" : "no", b.ok ? "state-ok" : "state-bad"), reason]);
+  }), "no backends reported");
+
   const programs = h.programs || {};
   const rows = programs.error ? [row([programs.error])] : Object.entries(programs).map(([name, p]) =>
     row([name, stateCell(p.state), p.pid ?? "", p.description || ""]));
