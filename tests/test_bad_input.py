@@ -214,7 +214,7 @@ def test_download_filename_with_a_trailing_newline(pod):
 
 
 # ---- schemathesis: generated requests from the Pod's own OpenAPI document ----------------
-SCHEMATHESIS_MAX_SECONDS = 50
+SCHEMATHESIS_MAX_SECONDS = 30
 
 
 @pytest.mark.timeout(240)
