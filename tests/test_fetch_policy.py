@@ -144,6 +144,13 @@ def test_the_appliances_own_ports_stay_refused_whatever_is_allowed():
     policy.target("http://127.0.0.1:8189/view")
 
 
+def test_every_comfyui_backend_of_a_multi_gpu_pod_is_an_own_port():
+    policy = make_policy(FETCH_ALLOW_PRIVATE="1", FETCH_ALLOW_HOSTS="127.0.0.1", COMFY_PORT="8188", COMFY_GPUS="3")
+    for port in (8188, 8189, 8190):
+        assert why(lambda: policy.target(f"http://127.0.0.1:{port}/view?filename=x.png")) == "own_service"
+    policy.target("http://127.0.0.1:8191/view")
+
+
 def test_a_name_is_refused_when_any_of_its_addresses_is_forbidden():
     policy = FetchPolicy(resolve=lambda h, p: ["8.8.8.8", "10.0.0.1"])
     assert why(lambda: policy.addresses("mixed.example", 80)) == "private"

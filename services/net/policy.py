@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
+from services.comfy import backends
 from services.net.target import IPAddress, Target, forbidden, literal_address, parse_target
 
 Resolve = Callable[[str, int], list[str]]  # (host, port) -> addresses, the getaddrinfo way
@@ -99,7 +100,8 @@ class FetchPolicy:
                 networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
             except ValueError:
                 names.add(entry.lower().rstrip("."))
-        own = {settings.comfy_port, settings.api_port}
+        # Every ComfyUI backend of a multi-GPU Pod listens on its own port (services/comfy/backends.py).
+        own = {b.port for b in backends.plan(settings)} | {settings.comfy_port, settings.api_port}
         if settings.comfy_url:
             try:
                 own.add(urlsplit(settings.comfy_url).port or 80)
