@@ -11,6 +11,7 @@ present in the background while the API already answers.
 from __future__ import annotations
 
 from services import logs
+from services.comfy import backends
 from services.comfy import runtime as runtime_file
 from services.versions.install import install
 from services.versions.layout import Layout
@@ -19,13 +20,18 @@ log = logs.get("pod.first_run")
 
 
 def ensure_installed(settings) -> None:
-    """Install the `comfyui` program's version if it is missing; AppError when that fails."""
+    """Install each `comfyui` program's version if it is missing (on a multi-GPU Pod each backend
+    restarts with the version it last switched to); AppError when that fails."""
     if settings.profile != "local" and not settings.auto_install_versions:
         return
-    spec = runtime_file.uninstalled(settings, runtime_file.wanted(settings))
-    if spec is None:
-        return
-    log.info("first_run_install", version_id=spec.id, path=str(Layout.of(settings.versions_root, spec.id).tree.path),
-             comfyui=spec.comfyui.commit,
-             note="ComfyUI and its Python packages, once; with torch among them that is gigabytes and minutes")
-    install(spec, settings, models=False)
+    done: set[str] = set()
+    for backend in backends.plan(settings):
+        own = backend.settings(settings)
+        spec = runtime_file.uninstalled(own, runtime_file.wanted(own))
+        if spec is None or spec.id in done:
+            continue
+        done.add(spec.id)
+        log.info("first_run_install", version_id=spec.id, program=backend.program,
+                 path=str(Layout.of(settings.versions_root, spec.id).tree.path), comfyui=spec.comfyui.commit,
+                 note="ComfyUI and its Python packages, once; with torch among them that is gigabytes and minutes")
+        install(spec, settings, models=False)
