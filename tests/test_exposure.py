@@ -221,7 +221,7 @@ def test_bearer_table(image_pod, authorization, accepted):
 
 # ---- /healthz: ok and the public key for anyone, details for the token holder ------------
 PUBLIC_HEALTH = {"ok", "server_public_key_b64"}
-DETAILED_HEALTH = {"ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "gpu_fault", "programs", "version",
+DETAILED_HEALTH = {"ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "gpu_fault", "backends", "programs", "version",
                    "startup"}
 
 
