@@ -221,8 +221,8 @@ def test_bearer_table(image_pod, authorization, accepted):
 
 # ---- /healthz: ok and the public key for anyone, details for the token holder ------------
 PUBLIC_HEALTH = {"ok", "server_public_key_b64"}
-DETAILED_HEALTH = {"ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "gpu_fault", "backends", "programs", "version",
-                   "startup"}
+DETAILED_HEALTH = {"ok", "model_dir", "server_public_key_b64", "comfy", "gpu", "gpu_fault", "backends", "programs",
+                   "version", "startup"}
 
 
 def test_healthz_tells_a_stranger_only_ok_and_the_public_key(image_pod):
