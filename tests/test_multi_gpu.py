@@ -55,7 +55,7 @@ def pod(tmp_path_factory, smi):
     for version_id in ("one", "two"):
         write_spec(root / "versions", version_id, (file_url(repo), pinned))
     env = {"VERSIONS_DIR": str(root / "versions"), "DEFAULT_VERSION_ID": "one", "LOG_SILENT": "1",
-           "COMFY_GPUS": "2", "API_WORKERS": "2", "NVIDIA_SMI": str(smi / "nvidia-smi")}
+           "COMFY_GPUS": "2", "API_WORKERS": "2", "NVIDIA_SMI": str(smi / "nvidia-smi"), "COMFY_HANG_TIMEOUT": "4"}
     settings = Settings.from_env({**env, "DATA_ROOT": str(root / "pod" / "data")})
     specs = SpecStore(settings.versions_dir)
     for version_id in ("one", "two"):
@@ -193,6 +193,58 @@ def test_a_job_on_either_backend_is_cancelled_by_either_api_worker(pod):
         # That backend is free again: the next job of its version runs there at once.
         status, result = pod.request("POST", "/run", {"version_id": version_id, "workflow": workflows.image()})
         assert status == 200 and job(pod, result["job_id"])["backend"] == running["backend"]
+
+
+def program_on(pod, version_id) -> tuple[str, str]:
+    """(the program running `version_id`, the other one)."""
+    seen = {b["runtime"]: b["program"] for b in backends(pod)}
+    assert set(seen) == {"one", "two"}, "runs after the version routing test"
+    return seen[version_id], seen["one" if version_id == "two" else "two"]
+
+
+def wait_new_pid(pod, program, old, timeout=40) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid = pod.pid(program)
+            if pid not in (old, 0):
+                return pid
+        except ValueError:  # supervisorctl prints no pid while the program is down
+            pass
+        assert time.monotonic() < deadline, pod.ctl("status").stdout
+        time.sleep(0.1)
+
+
+def test_a_cuda_fault_on_one_gpu_replaces_only_its_comfyui(pod):
+    faulted, other = program_on(pod, "two")
+    before, other_pid = pod.pid(faulted), pod.pid(other)
+    status, error = pod.request("POST", "/run", {"version_id": "two", "workflow": workflows.raising(
+        "CUDA error: an illegal memory access was encountered")})
+    assert (status, error["error"]) == (503, "gpu_fault"), error
+    status, result = pod.request("POST", "/run", {"version_id": "one", "workflow": workflows.image(color=41)})
+    assert status == 200 and result["comfy_version"] == "one"  # the other GPU serves meanwhile
+    wait_new_pid(pod, faulted, before)  # a fresh process: a fresh CUDA context
+    wait_backends(pod, lambda b: b["ok"] and not b["gpu_fault"], "the faulted backend back")
+    assert pod.pid(other) == other_pid
+
+
+def test_a_frozen_backend_is_killed_and_restarted_while_the_other_serves(pod):
+    frozen, other = program_on(pod, "two")
+    before, other_pid = pod.pid(frozen), pod.pid(other)
+    # Every worker's hang watch must have seen this process answer (it may be the CUDA test's
+    # fresh one): from then on silence means frozen, before it, COMFY_START_TIMEOUT applies.
+    wait_backends(pod, lambda b: b["ok"], "both serving")
+    time.sleep(3)
+    os.kill(before, signal.SIGSTOP)
+    try:
+        status, result = pod.request("POST", "/run", {"version_id": "one", "workflow": workflows.image(color=42)})
+        assert status == 200 and result["comfy_version"] == "one"
+        wait_new_pid(pod, frozen, before, timeout=60)  # COMFY_HANG_TIMEOUT 4 s, pings time out after 5 s
+    finally:
+        if psutil.pid_exists(before):
+            os.kill(before, signal.SIGCONT)
+    wait_backends(pod, lambda b: b["ok"], "the frozen backend replaced")
+    assert pod.pid(other) == other_pid
 
 
 def test_a_degraded_gpu_takes_only_its_backend_out(pod, smi):
