@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 from services import logs, startup_ledger
 from services.comfy.backends import Backend
 from services.comfy.client import ComfyClient
+from services.comfy.supervised import PING_SECONDS
 from services.gpu import fault_latch
 from services.gpu import state as gpu_state
 from services.periodic import Periodic
@@ -89,7 +90,9 @@ class HealthState:
                 programs = {"error": f"supervisord unreachable: {type(exc).__name__}"}
         gpu = await asyncio.to_thread(gpu_state.read, self.settings.run_dir, 3 * self.settings.gpu_poll_interval + 5)
         runtimes = await asyncio.to_thread(self.runtimes)
-        views = [await self._backend_view(b, programs, gpu, runtimes.get(b.index)) for b in self.backends]
+        # At once: a frozen backend's ping must not hold up the others' (or the snapshot's) refresh.
+        views = list(await asyncio.gather(*(self._backend_view(b, programs, gpu, runtimes.get(b.index))
+                                            for b in self.backends)))
         # The Pod serves while one backend does; the top-level `comfy`, `gpu_fault` (and `ok`)
         # describe a serving backend, else the first one, so a one-GPU Pod reads as it always did.
         shown = next((v for v in views if v["ok"]), views[0])
@@ -116,7 +119,8 @@ class HealthState:
         """One backend: whether it answers, what supervisord says of its program, its latched GPU
         fault and its own GPU's state; `ok` when it can take a job."""
         index, client = backend.index, self.clients[backend.index]
-        comfy_up = await client.ping()
+        # Bounded like the hang watch's: a frozen ComfyUI must not stall the snapshot for a whole request timeout.
+        comfy_up = await client.ping(timeout=PING_SECONDS)
         if comfy_up and time.monotonic() - self._stats_at.get(index, 0.0) > STATS_EVERY:
             try:
                 self._stats[index] = await client.system_stats()

@@ -150,8 +150,9 @@ class SupervisedComfy:
 
     async def _check_hangs(self) -> None:
         programs = await asyncio.to_thread(self.supervisor.programs)
-        for seat in self.seats:
-            await self._check_hang(seat, programs.get(seat.backend.program) or {})
+        # At once: a frozen backend's ping waits PING_SECONDS, which must not delay the others' checks.
+        await asyncio.gather(*(self._check_hang(seat, programs.get(seat.backend.program) or {})
+                               for seat in self.seats))
 
     async def _check_hang(self, seat: Seat, program: dict) -> None:
         if program.get("state") != "RUNNING" or not program.get("pid"):
