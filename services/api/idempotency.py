@@ -1,7 +1,6 @@
 """`Idempotency-Key` on `POST /run`: the HTTP-standard spelling of a client-chosen `job_id`.
 
-The key names the job: a key that is itself a valid job id (1-64 letters, digits, `.`, `_`,
-`-`) is the job id, any other key maps to `ik-` + the first 48 hex digits of its sha256. So a
+The key names the job: a key that is itself a valid job id (services/jobs/job_id.py) is the job id, any other key maps to `ik-` + the first 48 hex digits of its sha256. So a
 retry, from any API worker and after any restart, finds the job its first request made, exactly
 as a repeated `job_id` does.
 
@@ -20,7 +19,7 @@ import re
 from typing import Any
 
 from services.errors import AppError
-from services.versions.spec import VERSION_ID_RE
+from services.jobs.job_id import is_job_id
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 255
@@ -43,7 +42,7 @@ def parse_key(raw: str | None) -> str | None:
 
 
 def job_id_for(key: str) -> str:
-    if len(key) <= 64 and VERSION_ID_RE.match(key):
+    if is_job_id(key):
         return key
     return "ik-" + hashlib.sha256(key.encode()).hexdigest()[:48]
 

@@ -32,6 +32,7 @@ from services.api.webhooks import job_webhook
 from services.api.http import read_json, send_json
 from services.comfy.client import ComfyClient
 from services.errors import AppError
+from services.jobs import job_id as job_id_rule
 from services.jobs.runner import JobRunner
 from services.net.policy import FetchPolicy
 from services.security.envelope import OpenedPayload, open_payload
@@ -39,7 +40,6 @@ from services.security.replay import check_fresh, replayed
 from services.store.envelopes import EnvelopeLedger
 from services.store.jobs import JobStore, QueueFull
 from services.store.states import JOB_TERMINAL, JobState
-from services.versions.spec import VERSION_ID_RE
 
 log = logs.get("api.jobs")
 
@@ -53,11 +53,7 @@ RETRY_AFTER_SECONDS = 5
 
 
 def _job_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not VERSION_ID_RE.match(value) or len(value) > 64:
-        raise AppError("invalid_payload", "job_id is 1-64 letters, digits, '.', '_' or '-'", suffix="job_id")
-    return value
+    return None if value is None else job_id_rule.checked(value)
 
 
 class RunResource:

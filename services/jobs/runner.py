@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable
@@ -29,6 +28,7 @@ from services.errors import AppError
 from services.jobs.delivery import Deliverer
 from services.jobs.fetch import FetchFailed, fetch_bytes
 from services.jobs.file_inputs import JOBS_FOLDER, FileInputs, check_file_inputs
+from services.jobs import job_id as job_id_rule
 from services.jobs import preflight, provenance
 from services.jobs.job_files import JobFiles
 from services.jobs.parameters import customize
@@ -44,7 +44,6 @@ from services.versions.spec import SpecStore, VersionSpec
 log = logs.get("jobs.runner")
 
 MAX_INPUT_IMAGE_BYTES = 64 * 2**20
-_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # a job id names the job's folders
 # The prompt died with ComfyUI, or ComfyUI went away before it was queued: another attempt may
 # succeed once ComfyUI is back. A gpu_fault is not among them: the GPU, not the job, is broken.
 RETRYABLE = ("comfy_crashed", "comfy_stalled", "comfy_unreachable")
@@ -121,8 +120,7 @@ class JobRunner:
         `encrypted`: the payload came sealed (see `validate`)."""
         watch = Stopwatch()
         job_id = job_id or uuid.uuid4().hex
-        if not _JOB_ID_RE.fullmatch(job_id):
-            raise AppError("invalid_payload", "job_id is 1-64 letters, digits, '.', '_' or '-'", suffix="job_id")
+        job_id_rule.checked(job_id)
         request, spec, workflow = await self.prepare(payload, encrypted)
         watch.lap("validate")
         if self.settings.dry_run:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import re
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from services.comfy.launcher import json_line_sink
 from services.comfy.startup_log import StartupLog
 from services.errors import AppError
 from services.gpu import state as gpu_state
+from services.jobs import job_id as job_id_rule
 from services.jobs.runner import JobRunner
 from services.security.envelope import OpenedPayload, open_payload
 from services.security.replay import ReplayCache
@@ -36,7 +36,6 @@ from services.comfy.versioned import VersionedComfy
 
 log = logs.get("serverless")
 
-_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Codes that may mean a broken worker, or a bad moment: replace it when they repeat or nvidia-smi
 # agrees (the catalogue's fatal codes need no second look, see _failure).
 _BROKEN = ("comfy_crashed", "comfy_init_failed", "comfy_unreachable")
@@ -180,7 +179,7 @@ class Worker:
         return report
 
     async def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        job_id = job.get("id") if isinstance(job.get("id"), str) and _JOB_ID_RE.fullmatch(job["id"]) else uuid.uuid4().hex
+        job_id = job["id"] if job_id_rule.is_job_id(job.get("id")) else uuid.uuid4().hex
         opened = OpenedPayload(None, None)  # until the envelope is open, errors carry no payload
         if self.broken_by is not None:
             # A fatal error (a sticky CUDA fault) left this worker unable to run any job: refuse at
