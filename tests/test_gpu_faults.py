@@ -208,6 +208,8 @@ def _program(state_name, pid=41, uptime=5, description="pid 41, uptime 0:00:05")
     (None, _program("RUNNING", uptime=601), None,
      ("down", "comfyui program is RUNNING (pid 41, uptime 0:00:05) but ComfyUI has not answered within "
               "COMFY_START_TIMEOUT (600 s)")),
+    (None, _program("EXITED", pid=None, description="Dec 01 08:33 PM"), 41,  # killed: autorestart is at hand
+     ("starting", "comfyui program is EXITED: Dec 01 08:33 PM")),
     (None, _program("FATAL", pid=None, description="Exited too quickly (process log may have details)"), None,
      ("down", "comfyui program is FATAL: Exited too quickly (process log may have details)")),
     ("comfy_init_failed:no_comfy_home: COMFY_HOME /x does not exist", _program("BACKOFF"), None,

@@ -72,6 +72,18 @@ def backends(pod) -> list[dict]:
     return pod.request("GET", "/healthz")[1]["backends"]
 
 
+def versions_on_backends(pod, timeout=30) -> dict[str, int]:
+    """{version: backend} once one backend runs each version (after the version routing test),
+    as whichever API worker answers sees it (each refreshes its own snapshot every second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {b["runtime"]: b["backend"] for b in backends(pod)}
+        if set(seen) == {"one", "two"}:
+            return seen
+        assert time.monotonic() < deadline, f"runs after the version routing test: {seen}"
+        time.sleep(0.2)
+
+
 def wait_backends(pod, check, what, timeout=30) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
@@ -118,7 +130,7 @@ def test_a_comfyui_program_per_gpu_each_pinned_to_its_gpu_and_port(pod):
     assert comfy1.environ()["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # nvidia-smi's numbering
     ports = {c.laddr.port for p in (comfy0, comfy1) for c in p.net_connections("tcp") if c.status == "LISTEN"}
     assert ports == {pod.comfy_port, pod.comfy_port + 1}
-    seen = backends(pod)
+    seen = wait_backends(pod, lambda b: b["ok"], "both serving")  # in whichever worker answers
     assert [(b["backend"], b["program"], b["gpu"], b["ok"]) for b in seen] == [
         (0, "comfyui", "0", True), (1, "comfyui-1", "1", True)]
 
@@ -156,13 +168,12 @@ def test_a_job_for_another_version_switches_one_backend_while_the_other_serves(p
         assert status == 200 and result["comfy_version"] == version_id
         assert job(pod, result["job_id"])["backend"] == backend
     assert {name: pod.pid(name) for name in ("comfyui", "comfyui-1")} == pids
-    seen = backends(pod)
-    assert {seen[busy]["runtime"], seen[other]["runtime"]} == {"one", "two"}
+    runtimes = versions_on_backends(pod)
+    assert (runtimes["one"], runtimes["two"]) == (busy, other)
 
 
 def test_killing_one_backend_mid_job_affects_only_its_job(pod):
-    runtimes = {b["runtime"]: b["backend"] for b in backends(pod)}
-    assert set(runtimes) == {"one", "two"}, "runs after the version routing test"
+    runtimes = versions_on_backends(pod)
     victim_backend = runtimes["two"]
     victim_program = "comfyui" if victim_backend == 0 else f"comfyui-{victim_backend}"
     survivor = submit(pod, "one", workflows.sleep_then_save(2.0, steps=4))
@@ -197,9 +208,8 @@ def test_a_job_on_either_backend_is_cancelled_by_either_api_worker(pod):
 
 def program_on(pod, version_id) -> tuple[str, str]:
     """(the program running `version_id`, the other one)."""
-    seen = {b["runtime"]: b["program"] for b in backends(pod)}
-    assert set(seen) == {"one", "two"}, "runs after the version routing test"
-    return seen[version_id], seen["one" if version_id == "two" else "two"]
+    programs = {version: "comfyui" if b == 0 else f"comfyui-{b}" for version, b in versions_on_backends(pod).items()}
+    return programs[version_id], programs["one" if version_id == "two" else "two"]
 
 
 def wait_new_pid(pod, program, old, timeout=40) -> int:
@@ -232,8 +242,13 @@ def test_a_degraded_gpu_takes_only_its_backend_out(pod, smi):
     out = next(b["backend"] for b in backends(pod) if b["gpu"] == "1")
     (smi / "scenario").write_text("gpu1-ecc")
     try:
-        seen = wait_backends(pod, lambda b: b["ok"] == (b["gpu"] != "1"), "GPU 1 out of rotation")
-        assert seen[out]["gpu_state"] == "degraded" and "uncorrected ECC" in seen[out]["gpu_reason"]
+        def out_of_rotation(b):
+            return not b["ok"] and b["gpu_state"] == "degraded" if b["backend"] == out else b["ok"]
+        wait_backends(pod, out_of_rotation, "GPU 1 out of rotation")
+        # Each API worker refreshes its own snapshot every second (and routes by it): let both see it.
+        time.sleep(2)
+        seen = wait_backends(pod, out_of_rotation, "GPU 1 out of rotation in every worker")
+        assert "uncorrected ECC" in seen[out]["gpu_reason"]
         status, health = pod.request("GET", "/healthz")
         assert status == 200 and health["ok"] is True  # the other backend serves
         assert pod.request("GET", "/readyz")[0] == 200

@@ -181,9 +181,10 @@ class HealthState:
 
 def comfy_down_state(failure: str | None, program: dict[str, Any] | None, answered_pid: int | None,
                      start_timeout: float) -> tuple[str, str]:
-    """`(state, reason)` of a ComfyUI that does not answer: `starting` while supervisord starts
-    or backs off the `comfyui` program, or it runs but has not answered yet (within
-    COMFY_START_TIMEOUT: loading custom nodes takes a while); else `down`. A program that
+    """`(state, reason)` of a ComfyUI that does not answer: `starting` while supervisord starts,
+    backs off or is about to restart (EXITED, with autorestart) the `comfyui` program, or it runs
+    but has not answered yet (within COMFY_START_TIMEOUT: loading custom nodes takes a while);
+    else `down`. A program that
     recorded why it failed its checks is down, whatever supervisord does next."""
     if failure:
         return "down", failure
@@ -191,7 +192,7 @@ def comfy_down_state(failure: str | None, program: dict[str, Any] | None, answer
         return "down", "ComfyUI does not answer"
     state, description = program["state"], program["description"]
     said = f"comfyui program is {state}" + (f": {description}" if description else "")
-    if state in ("STARTING", "BACKOFF"):
+    if state in ("STARTING", "BACKOFF", "EXITED"):  # EXITED: autorestart starts it again at once
         return "starting", said
     if state == "RUNNING" and program["pid"] == answered_pid:
         return "down", f"comfyui program is RUNNING ({description}) but ComfyUI stopped answering"
