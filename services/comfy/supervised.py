@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import xmlrpc.client
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from services import logs
@@ -54,7 +54,6 @@ class Seat:
     backend: Backend
     client: ComfyClient
     hang: HangWatch
-    settings: object = field(repr=False)  # the backend's own (its run folder)
     label: str | None = None  # the runtime this worker last got it for
 
 
@@ -66,8 +65,8 @@ class SupervisedComfy:
         self.settings = settings
         self.store = store
         self.owner = owner
-        self.seats = [Seat(b, clients[b.index], HangWatch(settings.comfy_hang_timeout, settings.comfy_start_timeout),
-                           b.settings(settings)) for b in backends]
+        self.seats = [Seat(b, clients[b.index], HangWatch(settings.comfy_hang_timeout, settings.comfy_start_timeout))
+                      for b in backends]
         self._routable = routable or (lambda: [seat.backend.index for seat in self.seats])
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self._leases = Periodic("lease_heartbeat", LEASE_SECONDS / 5,
@@ -129,7 +128,7 @@ class SupervisedComfy:
     async def report_gpu_fault(self, comfy: ComfyClient, fault: str) -> None:
         # Latched before the kill: the comfyui program clears it when it starts the new process,
         # so a latch written after the kill would mark the healthy new process broken.
-        run_dir = self._seat(comfy).settings.run_dir
+        run_dir = self._seat(comfy).backend.run_dir
         if await asyncio.to_thread(fault_latch.read, run_dir) is not None:
             return  # another job's fault: its worker is restarting ComfyUI already
         await asyncio.to_thread(fault_latch.latch, run_dir, fault)
@@ -168,7 +167,7 @@ class SupervisedComfy:
 
     async def _usable(self, seat: Seat) -> bool:
         """ComfyUI answers, and not the process a GPU fault was latched on (it is being replaced)."""
-        return (await asyncio.to_thread(fault_latch.read, seat.settings.run_dir) is None
+        return (await asyncio.to_thread(fault_latch.read, seat.backend.run_dir) is None
                 and await seat.client.ping(timeout=PING_SECONDS))
 
     async def _until_answering(self, seat: Seat, after: str) -> None:
@@ -180,7 +179,7 @@ class SupervisedComfy:
         log.info("comfy_waiting", after=after, program=name)
         started = time.monotonic()
         while not await self._usable(seat):
-            failure = await asyncio.to_thread(start_failure.read, seat.settings.run_dir)
+            failure = await asyncio.to_thread(start_failure.read, seat.backend.run_dir)
             if failure:
                 raise start_failure.as_error(failure)
             if self.supervisor is not None:
@@ -206,7 +205,7 @@ class SupervisedComfy:
                 await asyncio.sleep(POLL_SECONDS)
             log.info("comfy_switching", program=seat.backend.program, to=wanted.label,
                      previous=await asyncio.to_thread(self.store.runtime, index))
-            runtime_file.write_wanted(seat.settings.run_dir, wanted)
+            runtime_file.write_wanted(seat.backend.run_dir, wanted)
             await self._restart_comfyui(seat)
             await asyncio.to_thread(self.store.finish_switch, self.owner, wanted.label, index)
             log.info("comfy_switched", program=seat.backend.program, to=wanted.label)
@@ -217,7 +216,7 @@ class SupervisedComfy:
     async def _restart_comfyui(self, seat: Seat) -> None:
         if self.supervisor is None:
             raise AppError("comfy_init_failed", "switching versions needs supervisord (Pod mode)", suffix="no_supervisor")
-        backoff.forget(seat.settings.run_dir)  # a switch is no crash: no back-off for it
+        backoff.forget(seat.backend.run_dir)  # a switch is no crash: no back-off for it
         try:
             await asyncio.to_thread(self.supervisor.restart, seat.backend.program)
         except (OSError, xmlrpc.client.Error) as exc:
