@@ -44,7 +44,6 @@ class JobExecutor:
         # A job's ComfyUI attempt count not written yet: it goes with the row's next write (see _on_attempt).
         self.unwritten_attempts: dict[str, int] = {}
         self.board = ProgressBoard(settings.run_dir)  # the same progress for every worker
-        self.on_board: set[str] = set()  # jobs whose progress the board shows
         self.first_progress: dict[str, Progress] = {}  # jobs' latest progress until it goes on the board
         self._wake = asyncio.Event()
         self._claimer: asyncio.Task | None = None
@@ -100,9 +99,7 @@ class JobExecutor:
         self.progress.pop(job_id, None)
         self.unwritten_attempts.pop(job_id, None)
         self.first_progress.pop(job_id, None)
-        if job_id in self.on_board:
-            self.on_board.discard(job_id)
-            self.board.remove(job_id)
+        self.board.remove(job_id)
         self.wake()  # a slot is free
 
     async def _claim_loop(self) -> None:
@@ -179,7 +176,7 @@ class JobExecutor:
 
     def _on_progress(self, job_id: str, progress: Progress) -> None:
         self.progress[job_id] = progress.percent
-        if job_id in self.on_board:
+        if self.board.shows(job_id):
             self.board.post(job_id, progress)
             return
         # A job's progress goes on the board MIN_INTERVAL after its first (the latest by then):
@@ -192,7 +189,6 @@ class JobExecutor:
     def _post_first(self, job_id: str) -> None:
         progress = self.first_progress.pop(job_id, None)
         if progress is not None and job_id in self.tasks:
-            self.on_board.add(job_id)
             self.board.post(job_id, progress)
 
     async def _on_submitted(self, job_id: str, prompt_id: str, backend: int | None) -> None:

@@ -41,6 +41,11 @@ class ProgressBoard:
         except (OSError, ValueError):
             return None
 
+    def shows(self, job_id: str) -> bool:
+        """Whether this board posted the job (its file exists)."""
+        return job_id in self._posted
+
     def remove(self, job_id: str) -> None:
-        self._posted.pop(job_id, None)
-        self._path(job_id).unlink(missing_ok=True)
+        """The job ended: its file goes, if this board wrote one (most quick jobs never have one)."""
+        if self._posted.pop(job_id, None) is not None:
+            self._path(job_id).unlink(missing_ok=True)
