@@ -127,30 +127,29 @@ def parse_url(raw: str) -> str:
     return value
 
 
-def parse_bucket(raw: str) -> str:
-    # Checked at start-up: a GCS_BUCKET Google would refuse must not wait for the first upload.
-    value = raw.strip()
-    problem = value and gcs_names.bucket_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
+def bucket_parser(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A bucket name checked at start-up by its store's naming rules (`problem`): a GCS_BUCKET
+    Google would refuse, or an S3_BUCKET S3 would, must not wait for the first upload."""
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        found = value and problem(value)
+        if found:
+            raise ValueError(found)
+        return value
+    return parse
 
 
-def parse_buckets(raw: str) -> tuple[str, ...]:
-    return tuple(parse_bucket(name) for name in parse_list(raw.replace(",", " ")))
+def buckets_parser(parse_one: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
+    """A list of bucket names, space or comma separated, each checked by `parse_one`."""
+    def parse(raw: str) -> tuple[str, ...]:
+        return tuple(parse_one(name) for name in parse_list(raw.replace(",", " ")))
+    return parse
 
 
-def parse_s3_bucket(raw: str) -> str:
-    # Checked at start-up, like parse_bucket, by S3's naming rules.
-    value = raw.strip()
-    problem = value and s3_names.bucket_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def parse_s3_buckets(raw: str) -> tuple[str, ...]:
-    return tuple(parse_s3_bucket(name) for name in parse_list(raw.replace(",", " ")))
+parse_bucket = bucket_parser(gcs_names.bucket_problem)
+parse_buckets = buckets_parser(parse_bucket)
+parse_s3_bucket = bucket_parser(s3_names.bucket_problem)
+parse_s3_buckets = buckets_parser(parse_s3_bucket)
 
 
 def parse_presign_ttl(raw: str) -> int:
