@@ -10,7 +10,7 @@ from __future__ import annotations
 import falcon
 import falcon.asgi
 
-from services import __version__, config, logs
+from services import config, logs
 from services.api import comfy_proxy, exposure, http, jobs, models, pages, versions, webhooks
 from services.api.executor import JobExecutor, worker_id
 from services.api.guard import RequestGuard, authorized
@@ -88,8 +88,7 @@ def create_app(settings: config.Settings | None = None) -> falcon.asgi.App:
     store = JobStore(db)
     owner = worker_id()
     comfy_state = ComfyStateStore(db)
-    health = HealthState(settings, pod_backends, clients,
-                         lambda: {"appliance": __version__, "comfy": comfy_state.runtime()}, comfy_state.runtimes)
+    health = HealthState(settings, pod_backends, clients, comfy_state.runtimes)
     provider = SupervisedComfy(settings, comfy_state, pod_backends, clients, owner, routable=health.routable)
     runner = JobRunner(settings, SpecStore(settings.versions_dir), provider)
     executor = JobExecutor(store, runner, settings, owner, concurrency=settings.api_job_concurrency)

@@ -30,7 +30,7 @@ import time
 import xmlrpc.client
 from typing import Any, Callable, Sequence
 
-from services import logs, startup_ledger
+from services import __version__, logs, startup_ledger
 from services.comfy.backends import Backend
 from services.comfy.client import ComfyClient
 from services.comfy.supervised import PING_SECONDS
@@ -49,11 +49,11 @@ STATS_EVERY = 30.0
 
 class HealthState:
     def __init__(self, settings, backends: Sequence[Backend], clients: dict[int, ComfyClient],
-                 version: Callable[[], dict[str, Any]], runtimes: Callable[[], dict[int, str | None]]):
+                 runtimes: Callable[[], dict[int, str | None]]):
+        """`runtimes()`: what each backend runs, from the store (services/store/comfy_state.py)."""
         self.settings = settings
         self.backends = tuple(backends)
         self.clients = clients
-        self.version = version
         self.runtimes = runtimes
         self.supervisor = Supervisor(settings.supervisor_socket) if settings.supervisor_socket else None
         self.snapshot: dict[str, Any] = {}
@@ -106,7 +106,7 @@ class HealthState:
             "gpu_fault": shown["gpu_fault"],
             "backends": views,
             "programs": programs,
-            "version": await asyncio.to_thread(self.version),
+            "version": {"appliance": __version__, "comfy": runtimes.get(0)},
             "startup": await asyncio.to_thread(startup_ledger.read_full, self.settings.run_dir),
         }
         self.body = json.dumps(self.snapshot).encode()
